@@ -1,0 +1,194 @@
+"""Importance scores without eager attention, through transformers' own plug-in points.
+
+Compression policies need to know how much attention each stored slot received. Eager attention has the
+probability matrix; sdpa and flash do not. Instead of forking the modeling file, LoCoCo:
+
+1. registers attention functions ``lococo_<impl>`` (``lococo_sdpa``, ``lococo_eager``, ...) in transformers'
+   ``AttentionInterface`` that call the original implementation and, *only when the cache layer asks*,
+   compute column sums of the softmax probabilities from the same queries and keys (blockwise, GQA-native:
+   query heads of a KV group are summed, never repeated);
+2. adds a forward pre-hook on each attention module that hands the module's cache layer to that function
+   (the attention module receives the cache but does not forward it), and tells the layer which of the
+   incoming tokens are padding.
+
+`enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from .models_support import attention_layout
+
+PREFIX = "lococo_"
+_STATE_ATTR = "_lococo_scoring"
+_QUERY_BLOCK = 1024
+
+
+def _base_function(name: str):
+    if name == "eager":
+        return eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[name]
+
+
+def column_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    visible: torch.Tensor,
+    query_valid: torch.Tensor | None,
+    window: int = 0,
+) -> torch.Tensor:
+    """Sum of softmax attention probabilities received by each key: ``[b, kv_heads, L]``.
+
+    ``query [b, H, q, d]``, ``key [b, KV, L, d]``, ``visible [b, q, L]`` bool. Query heads sharing a KV
+    head are summed (GQA). Padding queries contribute nothing. ``window > 0`` keeps only the last
+    ``window`` queries (SnapKV's observation window, TOVA's latest query).
+    """
+    b, n_heads, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    if window:
+        query, visible = query[:, :, -window:], visible[:, -window:]
+        query_valid = None if query_valid is None else query_valid[:, -window:]
+        q_len = query.shape[2]
+    groups = n_heads // kv_heads
+    q = query.reshape(b, kv_heads, groups, q_len, d).float()
+    k = key.float()
+    total = key.new_zeros(b, kv_heads, key.shape[2], dtype=torch.float32)
+    for start in range(0, q_len, _QUERY_BLOCK):
+        stop = min(start + _QUERY_BLOCK, q_len)
+        logits = torch.einsum("bhgqd,bhld->bhgql", q[:, :, :, start:stop], k) * scaling
+        vis = visible[:, None, None, start:stop]
+        probs = logits.masked_fill(~vis, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+        if query_valid is not None:
+            probs = probs * query_valid[:, None, None, start:stop, None]
+        total += probs.sum(dim=(2, 3))
+    return total
+
+
+def _visible_from_mask(mask: torch.Tensor | None, b: int, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Boolean ``[b, q, kv]`` visibility from a transformers mask (bool, additive float, or None=causal)."""
+    if mask is None:
+        offset = kv_len - q_len
+        rows = torch.arange(q_len, device=device)[:, None] + offset
+        return (torch.arange(kv_len, device=device)[None, :] <= rows).expand(b, q_len, kv_len)
+    mask = mask[:, 0] if mask.dim() == 4 else mask
+    vis = mask if mask.dtype == torch.bool else mask == 0
+    return vis[..., -kv_len:].expand(b, q_len, kv_len)
+
+
+def _layer_visibility(layer, model_mask, b: int, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Visibility for a compressed layer: the layer's own slot validity for memory, causal+padding for new tokens."""
+    new_part = _visible_from_mask(model_mask, b, q_len, kv_len, device)
+    if layer.valid is None:
+        return new_part
+    stored = kv_len - q_len
+    valid = layer.valid.to(device)
+    memory = valid[:, None, :stored].expand(b, q_len, stored)
+    own = new_part[..., stored:] & valid[:, None, stored:]
+    eye = torch.eye(q_len, dtype=torch.bool, device=device)[None]
+    return torch.cat([memory, own | eye], dim=-1)  # a padding query sees itself: no NaN rows
+
+
+def _as_mask(visible: torch.Tensor, like: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    if like is not None and like.dtype != torch.bool:
+        zero = torch.zeros((), dtype=dtype, device=visible.device)
+        return torch.where(visible, zero, torch.finfo(dtype).min)[:, None]
+    return visible[:, None]
+
+
+def make_attention_function(base_name: str):
+    """The ``lococo_<base_name>`` attention function: the base implementation plus on-demand scores."""
+    base = _base_function(base_name)
+
+    def lococo_attention(module, query, key, value, attention_mask, lococo_layer=None, **kwargs):
+        if lococo_layer is None:
+            return base(module, query, key, value, attention_mask, **kwargs)
+        b, _, q_len, _ = query.shape
+        kv_len = key.shape[2]
+        visible = None
+        if lococo_layer.valid is not None:
+            visible = _layer_visibility(lococo_layer, attention_mask, b, q_len, kv_len, query.device)
+            attention_mask = _as_mask(visible, attention_mask, query.dtype)
+        out, weights = base(module, query, key, value, attention_mask, **kwargs)
+        window = lococo_layer.score_request()
+        if window is not None:
+            if visible is None:
+                visible = _visible_from_mask(attention_mask, b, q_len, kv_len, query.device)
+            query_valid = None
+            if lococo_layer.valid is not None:
+                query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
+            scaling = kwargs.get("scaling") or module.head_dim**-0.5
+            with torch.no_grad():
+                scores = column_scores(query, key, scaling, visible, query_valid, window)
+            lococo_layer.record_scores(scores)
+        return out, weights
+
+    lococo_attention.__name__ = f"lococo_{base_name}"
+    return lococo_attention
+
+
+def _register(base_name: str) -> str:
+    name = PREFIX + base_name
+    if name not in ALL_ATTENTION_FUNCTIONS:
+        AttentionInterface.register(name, make_attention_function(base_name))
+        ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base_name])
+    return name
+
+
+def _incoming_validity(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
+    """Which incoming tokens are real (from the diagonal of the model's mask), or None if all are."""
+    if mask is None or mask.dim() != 4:
+        return None
+    kv_len = mask.shape[-1]
+    diag = mask[:, 0, torch.arange(q_len), kv_len - q_len + torch.arange(q_len)]
+    return diag if diag.dtype == torch.bool else diag == 0
+
+
+def _pre_hook(module: nn.Module, args, kwargs):
+    from .cache import CompressedLayer  # local import: cache imports policies which import heads
+
+    cache = kwargs.get("past_key_values")
+    layers = getattr(cache, "layers", None)
+    if not layers or module.layer_idx >= len(layers):
+        return None
+    layer = layers[module.layer_idx]
+    if not isinstance(layer, CompressedLayer):
+        return None
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    layer.incoming_valid = _incoming_validity(kwargs.get("attention_mask"), hidden.shape[1])
+    kwargs["lococo_layer"] = layer
+    return args, kwargs
+
+
+def enable_scoring(model: nn.Module) -> None:
+    """Switch ``model`` to the ``lococo_<impl>`` attention function and install the pre-hooks (idempotent)."""
+    if getattr(model, _STATE_ATTR, None) is not None:
+        return
+    layout = attention_layout(model)
+    current = model.config._attn_implementation
+    if current.startswith(PREFIX):
+        current = current[len(PREFIX) :]
+    if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(f"unknown attention implementation {current!r}")
+    name = _register(current)
+    model.set_attn_implementation(name)
+    handles = [m.register_forward_pre_hook(_pre_hook, with_kwargs=True) for m in layout.attention_modules]
+    object.__setattr__(model, _STATE_ATTR, (current, handles))
+
+
+def disable_scoring(model: nn.Module) -> None:
+    """Undo :func:`enable_scoring`: original attention implementation, no hooks."""
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        return
+    original, handles = state
+    for handle in handles:
+        handle.remove()
+    model.set_attn_implementation(original)
+    object.__delattr__(model, _STATE_ATTR)

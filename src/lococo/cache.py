@@ -1,0 +1,236 @@
+"""A fixed-size KV cache built on transformers' v5 ``Cache`` / ``CacheLayerMixin``.
+
+`CompressedLayer` stores only the model's KV heads (GQA-native). It reports *tokens seen* from
+``get_seq_length`` (so positions stay absolute) and, before appending new tokens, lazily folds its
+stored slots back to ``mem_size`` whenever it holds more than ``mem_size + buffer`` (METHOD.md). *How*
+slots are folded is the job of a :class:`~lococo.policies.Policy` (LoCoCo's heads, or a baseline).
+
+Padding: a left-padded row keeps invalid slots at the front. Each row follows its own trigger
+(``valid tokens > mem_size + buffer``) and invalid slots are dropped whenever the layer is compacted, so a
+padded row ends up with what it would hold alone. Importance scores arrive from the attention wrapper
+(:mod:`lococo.attention`) through :meth:`CompressedLayer.record_scores`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
+
+from .models_support import attention_layout
+from .policies.base import Policy
+
+
+class CompressedLayer(CacheLayerMixin):
+    """One attention layer's fixed-size memory."""
+
+    is_sliding = False
+    is_compileable = False
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self.policy = policy
+        self.mem_size = policy.mem_size
+        self.buffer = policy.buffer
+        self.seen = 0
+        self.valid: torch.Tensor | None = None  # [b, stored] or None (all slots real tokens)
+        self.scores: torch.Tensor | None = None  # [b, kv_heads, stored] importance scores (or None)
+        self.incoming_valid: torch.Tensor | None = None  # validity of the tokens of the next update
+        self.compressions = 0
+
+    # -- CacheLayerMixin contract ------------------------------------------------------------------
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        b, h, _, d = key_states.shape
+        self.keys = key_states.new_zeros(b, h, 0, d)
+        self.values = value_states.new_zeros(b, h, 0, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        if self.policy.compresses and self.stored > self.mem_size + self.buffer:
+            self._compact()
+        q = key_states.shape[-2]
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        incoming, self.incoming_valid = self.incoming_valid, None
+        if incoming is not None and bool(incoming.all()):
+            incoming = None
+        if incoming is not None or self.valid is not None:
+            old = self.valid if self.valid is not None else self._ones(self.stored - q)
+            new = incoming.to(old.device) if incoming is not None else self._ones(q)
+            self.valid = torch.cat([old, new], dim=-1)
+        if self.scores is not None and self.policy.score_mode == "accumulated":
+            self.scores = torch.cat([self.scores, self.scores.new_zeros(*self.scores.shape[:2], q)], dim=-1)
+        else:
+            self.scores = None
+        self.seen += q
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        """Tokens seen (not slots stored): positions and masks stay absolute."""
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        stored = self._stored_after_compaction()
+        return stored + query_length, self.seen - stored
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.keys = self.values = None
+        self.is_initialized = False
+        self.seen = 0
+        self.valid = self.scores = self.incoming_valid = None
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        for name in ("valid", "scores"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        for name in ("keys", "values", "valid", "scores"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        for name in ("keys", "values", "valid", "scores"):
+            t = getattr(self, name)
+            if t is not None:
+                setattr(self, name, t[indices, ...])
+
+    # -- what the attention wrapper asks ------------------------------------------------------------
+    @property
+    def stored(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def score_request(self) -> int | None:
+        """How many of the latest queries the scores of this forward must cover (0 = all), or None.
+
+        Called after ``update``: in "last" mode scores are computed only when the next update compresses.
+        """
+        mode = self.policy.score_mode
+        if mode is None or not self.policy.compresses:
+            return None
+        if mode != "accumulated" and self.stored <= self.mem_size + self.buffer:
+            return None
+        return self.policy.score_window or 0
+
+    def record_scores(self, scores: torch.Tensor) -> None:
+        """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward."""
+        scores = scores.detach().float()
+        if self.policy.score_mode == "accumulated" and self.scores is not None:
+            scores = self.scores + scores
+        self.scores = scores
+
+    def detach_(self) -> None:
+        """Cut the autograd graph through the stored memory (truncated back-propagation)."""
+        if self.is_initialized:
+            self.keys = self.keys.detach()
+            self.values = self.values.detach()
+
+    # -- compaction --------------------------------------------------------------------------------
+    def _ones(self, n: int) -> torch.Tensor:
+        return torch.ones(self.keys.shape[0], n, dtype=torch.bool, device=self.keys.device)
+
+    def _plan(self) -> tuple[int, torch.Tensor | None]:
+        """(stored length after compaction, rows that compress) for the current state."""
+        limit = self.mem_size + self.buffer
+        if self.valid is None:
+            return self.mem_size, None
+        n_valid = self.valid.sum(-1)
+        rows = n_valid > limit
+        kept = torch.where(rows, torch.full_like(n_valid, self.mem_size), n_valid)
+        return int(kept.max()), rows
+
+    def _stored_after_compaction(self) -> int:
+        if not self.is_initialized:
+            return 0
+        if not self.policy.compresses or self.stored <= self.mem_size + self.buffer:
+            return self.stored
+        return self._plan()[0]
+
+    def _compressed(self):
+        scores = self.scores
+        if scores is None:
+            scores = torch.zeros(self.keys.shape[:3], device=self.keys.device) if self.policy.score_mode else None
+        return self.policy.compress(self.keys, self.values, scores, self.valid)
+
+    def _compact(self) -> None:
+        self.compressions += 1
+        new_len, rows = self._plan()
+        if rows is None:  # no padding anywhere: every row compresses
+            self.keys, self.values, self.scores = self._compressed()
+            return
+        # Per row: compress (M slots) or keep its valid slots; right-align; drop invalid slots.
+        sources_k, sources_v, sources_s = [self.keys], [self.values], [self.scores]
+        keep = self.valid & ~rows[:, None]
+        if bool(rows.any()):
+            ck, cv, cs = self._compressed()
+            sources_k.append(ck)
+            sources_v.append(cv)
+            sources_s.append(cs)
+            keep = torch.cat([keep, rows[:, None].expand(-1, ck.shape[-2])], dim=-1)
+        k_all, v_all = torch.cat(sources_k, dim=2), torch.cat(sources_v, dim=2)
+        order = keep.to(torch.int8).argsort(dim=-1, stable=True)[:, -new_len:]  # kept slots last, in order
+        h, d = k_all.shape[1], k_all.shape[-1]
+        gather = order[:, None, :, None].expand(-1, h, -1, d)
+        self.keys = k_all.gather(2, gather)
+        self.values = v_all.gather(2, order[:, None, :, None].expand(-1, h, -1, v_all.shape[-1]))
+        self.valid = keep.gather(1, order)
+        if any(s is None for s in sources_s):
+            self.scores = None
+        else:
+            self.scores = torch.cat(sources_s, dim=-1).gather(2, order[:, None, :].expand(-1, h, -1))
+        if bool(self.valid.all()):
+            self.valid = None
+
+
+class CompressedCache(Cache):
+    """A cache whose global attention layers hold at most ``mem_size + buffer`` slots between forwards.
+
+    Build it with :func:`lococo.make_cache` (which also enables score collection on the model), or
+    directly from a policy. Sliding-window layers keep transformers' own window layer.
+    """
+
+    def __init__(self, model: nn.Module, policy: Policy) -> None:
+        layout = attention_layout(model)
+        layers: list[CacheLayerMixin] = []
+        window = getattr(model.config, "sliding_window", None)
+        for i, kind in enumerate(layout.layer_types):
+            if kind == "full_attention":
+                layers.append(CompressedLayer(policy.for_layer(i)))
+            elif kind == "sliding_attention" and window:
+                layers.append(DynamicSlidingWindowLayer(sliding_window=window))
+            else:
+                layers.append(DynamicLayer())
+        super().__init__(layers=layers)
+        self.policy = policy
+
+    @property
+    def compressed_layers(self) -> list[CompressedLayer]:
+        return [layer for layer in self.layers if isinstance(layer, CompressedLayer)]
+
+    def stored_length(self) -> int:
+        """Slots stored by the compressed layers (the same for all of them)."""
+        return max((layer.stored for layer in self.compressed_layers), default=0)
+
+    def cache_bytes(self) -> int:
+        """Bytes held by the keys and values of every layer (measured from the tensors)."""
+        total = 0
+        for layer in self.layers:
+            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+                if isinstance(t, torch.Tensor):
+                    total += t.numel() * t.element_size()
+        return total
+
+    def detach_(self) -> None:
+        """Cut gradients through the stored memory of every layer (truncated BPTT boundary)."""
+        for layer in self.compressed_layers:
+            layer.detach_()
+

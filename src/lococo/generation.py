@@ -1,0 +1,147 @@
+"""Reading inputs of any length at constant memory: chunked prefill, then decoding with the fixed cache.
+
+`prefill` feeds the input in segments of B tokens through a compressing cache. Segment boundaries are
+anchored at the *end* of the input, so in a left-padded batch every row is cut exactly as it would be
+alone. `generate` prefills everything but the last prompt token that way and hands over to transformers'
+own ``model.generate`` (all the usual generation arguments work), which decodes with the same cache.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .attention import enable_scoring
+from .cache import CompressedCache
+from .errors import ConfigError
+from .policies import Policy, make_policy
+
+
+def make_cache(model: nn.Module, policy: str | Policy = "lococo", **policy_kwargs) -> CompressedCache:
+    """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
+
+    Also switches the model to LoCoCo's score-collecting attention function (idempotent; the outputs of
+    the attention itself do not change). ``policy="lococo"`` uses the heads attached to the model.
+    """
+    enable_scoring(model)
+    if isinstance(policy, str):
+        policy = make_policy(policy, model=model, **policy_kwargs)
+    elif policy_kwargs:
+        raise ConfigError("pass policy settings either in the Policy object or as keyword arguments, not both")
+    return CompressedCache(model, policy)
+
+
+def segment_bounds(length: int, segment_size: int) -> list[tuple[int, int]]:
+    """Segments of ``segment_size`` tokens anchored at the end: the first one takes the remainder."""
+    if segment_size < 1:
+        raise ConfigError(f"segment_size must be >= 1, got {segment_size}")
+    bounds = []
+    stop = length
+    while stop > 0:
+        start = max(0, stop - segment_size)
+        bounds.append((start, stop))
+        stop = start
+    return bounds[::-1]
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Absolute positions that start at 0 on each row's first real token (left padding)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class PrefillOutput:
+    cache: CompressedCache
+    logits: torch.Tensor | None  # logits of the last position, [batch, vocab]
+
+
+def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    if input_ids.dim() != 2:
+        raise ConfigError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    if attention_mask is None:
+        return torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ConfigError(
+            f"attention_mask shape {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+        )
+    if bool((attention_mask[:, -1] == 0).any()):
+        raise ConfigError("right padding is not supported: pad on the left (tokenizer.padding_side = 'left')")
+    return attention_mask
+
+
+def prefill(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    cache: CompressedCache | None = None,
+    *,
+    segment_size: int = 512,
+    policy: str | Policy = "lococo",
+    progress: bool = False,
+    grad: bool = False,
+) -> PrefillOutput:
+    """Read ``input_ids [batch, N]`` in segments through ``cache`` (created from ``policy`` if None).
+
+    Memory is O(mem_size + segment_size) whatever N is. Returns the cache and the last position's logits.
+    """
+    attention_mask = _check_inputs(input_ids, attention_mask)
+    cache = cache if cache is not None else make_cache(model, policy)
+    seen = cache.get_seq_length()
+    if seen and attention_mask.shape[1] != input_ids.shape[1]:
+        raise ConfigError("attention_mask must cover the tokens already in the cache plus the new ones")
+    full_mask = attention_mask
+    positions = position_ids_from_mask(full_mask)
+    logits = None
+    bounds = segment_bounds(input_ids.shape[1] - seen, segment_size)
+    device = next(model.parameters()).device
+    bar = tqdm(total=input_ids.shape[1] - seen, unit="tok", desc="prefill", disable=not progress, leave=False)
+    with nullcontext() if grad else torch.no_grad():
+        for start, stop in bounds:
+            start, stop = start + seen, stop + seen
+            out = model(
+                input_ids=input_ids[:, start:stop].to(device),
+                attention_mask=full_mask[:, :stop].to(device),
+                position_ids=positions[:, start:stop].to(device),
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            logits = out.logits[:, -1]
+            bar.update(stop - start)
+    bar.close()
+    return PrefillOutput(cache=cache, logits=logits)
+
+
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    cache: CompressedCache | None = None,
+    policy: str | Policy = "lococo",
+    segment_size: int = 512,
+    progress: bool = False,
+    **generate_kwargs,
+) -> torch.Tensor:
+    """``model.generate`` on a prompt of any length with a fixed-size cache.
+
+    The prompt (all but its last token) is read in segments of ``segment_size``; then transformers'
+    ``generate`` continues with the same cache, so every generation argument (``max_new_tokens``,
+    ``do_sample``, ``temperature``, stopping criteria, streamers, ...) works as usual.
+    Returns the full sequences (prompt + new tokens), as ``model.generate`` does.
+    """
+    attention_mask = _check_inputs(input_ids, attention_mask)
+    cache = cache if cache is not None else make_cache(model, policy)
+    if input_ids.shape[1] > 1:
+        prefill(model, input_ids[:, :-1], attention_mask[:, :-1], cache, segment_size=segment_size, progress=progress)
+    device = next(model.parameters()).device
+    return model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        past_key_values=cache,
+        **generate_kwargs,
+    )

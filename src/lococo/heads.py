@@ -1,0 +1,129 @@
+"""The learned part of LoCoCo: one small convolutional compressor head per attention layer.
+
+`attach(model, config)` adds the heads to the model's module tree under the name ``lococo`` (so
+``named_parameters()``, optimisers, accelerate and save/load see them as ``lococo.heads.<i>.*``) and leaves
+every base parameter untouched; `detach(model)` removes them and gives back the original model.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import LoCoCoConfig
+from .errors import IncompatibleModelError
+from .models_support import attention_layout
+
+ATTR = "lococo"
+
+_ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "identity": nn.Identity}
+
+
+class ConvCompressorHead(nn.Module):
+    """Mixing weights for the fused memory slots of one layer.
+
+    Input: the tokens R that were not kept as heavy hitters, keys and values concatenated on the feature
+    axis (``2 * head_dim`` channels). Output: ``A = softmax_positions(act(conv(X)))`` with ``C`` rows,
+    shared by all KV heads of the layer (heads are folded into the batch axis). Blended with the one-hot
+    top-C selection through the learnable ``lambda``: ``W = (1 - lambda) P + lambda A``.
+    """
+
+    def __init__(self, head_dim: int, config: LoCoCoConfig) -> None:
+        super().__init__()
+        self.n_fused = config.n_fused
+        self.clamp_lambda = config.clamp_lambda
+        width_out = max(self.n_fused, 1)
+        hidden = width_out * config.expand
+        channels = [2 * head_dim] + [hidden] * (config.n_conv_layers - 1) + [width_out]
+        self.convs = nn.ModuleList(
+            nn.Conv1d(c_in, c_out, config.kernel_size, padding=config.kernel_size // 2)
+            for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
+        )
+        for conv in self.convs:
+            nn.init.zeros_(conv.bias)  # the research code left it uninitialised (NaN)
+        self.act = _ACTIVATIONS[config.activation]()
+        self.lam = nn.Parameter(torch.tensor(float(config.lambda_init)))
+
+    def blend_weight(self) -> torch.Tensor:
+        lam = self.lam
+        return lam.clamp(0.0, 1.0) if self.clamp_lambda else lam
+
+    def mixing_logits(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+        """Conv logits ``[b, h, C, R]`` over the tokens R (``keys``/``values`` ``[b, h, R, d]``).
+
+        Invalid positions (padding) are zeroed before every conv layer, which is exactly what the conv's
+        own zero padding does at the sequence edge, so a padded row mixes like the row alone.
+        """
+        b, h, r, _ = keys.shape
+        x = torch.cat([keys, values], dim=-1).reshape(b * h, r, -1).transpose(1, 2)
+        weight = self.convs[0].weight
+        x = x.to(weight.dtype)
+        keep = None if valid is None else valid.reshape(b * h, 1, r).to(x.dtype)
+        for conv in self.convs:
+            if keep is not None:
+                x = x * keep
+            x = self.act(conv(x))
+        return x.reshape(b, h, -1, r)
+
+
+class LoCoCoHeads(nn.Module):
+    """All heads of a model (``heads[i]`` for attention layer i; None-free: one per layer index)."""
+
+    def __init__(self, config: LoCoCoConfig, head_dim: int, num_layers: int, compressed_layers: list[int]) -> None:
+        super().__init__()
+        self.config = config
+        self.head_dim = head_dim
+        self.compressed_layers = list(compressed_layers)
+        self.heads = nn.ModuleDict({str(i): ConvCompressorHead(head_dim, config) for i in compressed_layers})
+        self.num_layers = num_layers
+
+    def head(self, layer_idx: int) -> ConvCompressorHead:
+        return self.heads[str(layer_idx)]
+
+
+def _head_dtype(config: LoCoCoConfig, model: nn.Module) -> torch.dtype:
+    if config.head_dtype == "auto":
+        return next(model.parameters()).dtype
+    return getattr(torch, config.head_dtype)
+
+
+def attach(model: nn.Module, config: LoCoCoConfig | None = None) -> LoCoCoHeads:
+    """Attach fresh LoCoCo heads to ``model`` (in place) and return them.
+
+    Each layer's head is placed on that layer's device, so models split with ``device_map="auto"`` work.
+    Raises :class:`IncompatibleModelError` for unsupported architectures and if heads are already attached.
+    """
+    config = config or LoCoCoConfig()
+    config.validate()
+    if has_heads(model):
+        raise IncompatibleModelError("this model already has LoCoCo heads attached; call lococo.detach(model) first")
+    layout = attention_layout(model)
+    heads = LoCoCoHeads(config, layout.head_dim, layout.num_layers, layout.compressed_layers)
+    dtype = _head_dtype(config, model)
+    for i in layout.compressed_layers:
+        heads.head(i).to(device=layout.devices[i], dtype=dtype)
+    model.add_module(ATTR, heads)
+    return heads
+
+
+def detach(model: nn.Module) -> LoCoCoHeads:
+    """Remove the heads from ``model`` and return them; the model is the original one again."""
+    if not has_heads(model):
+        raise IncompatibleModelError("this model has no LoCoCo heads attached")
+    heads = getattr(model, ATTR)
+    delattr(model, ATTR)
+    return heads
+
+
+def has_heads(model: nn.Module) -> bool:
+    return isinstance(getattr(model, ATTR, None), LoCoCoHeads)
+
+
+def get_heads(model: nn.Module) -> LoCoCoHeads:
+    """The heads attached to ``model`` (clear error if there are none)."""
+    if not has_heads(model):
+        raise IncompatibleModelError(
+            "this model has no LoCoCo heads: call lococo.attach(model, LoCoCoConfig(...)) or "
+            "lococo.load_heads(model, DIR) first"
+        )
+    return getattr(model, ATTR)

@@ -1,0 +1,121 @@
+"""The one interface every cache policy implements, and the tensor helpers they share.
+
+A policy answers one question: given the stored keys/values of a layer (more than ``mem_size`` of them),
+which ``mem_size`` slots remain? It never decides *when* to compress (the cache layer does, lazily,
+as in METHOD.md) and never sees padding rows that are not being compressed.
+
+Shapes: keys/values ``[batch, kv_heads, L, head_dim]``, scores ``[batch, kv_heads, L]`` (or None),
+valid ``[batch, L]`` bool (or None when every slot holds a real token).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..errors import ConfigError
+
+NEG_INF = float("-inf")
+
+
+class Policy:
+    """Base class of the cache policies.
+
+    Class attributes:
+        name: registry name (``--policy NAME``).
+        score_mode: which importance scores the policy needs from the attention of the latest forward:
+            None (no scores), "last" (column sums of the latest forward), "accumulated" (sums over all
+            forwards, H2O), or "window" (column sums of the last ``score_window`` queries, SnapKV/TOVA).
+        compresses: False only for the full cache.
+    """
+
+    name: ClassVar[str] = "base"
+    score_mode: ClassVar[str | None] = None
+    compresses: ClassVar[bool] = True
+    score_window: int | None = None
+
+    def __init__(self, mem_size: int = 128, buffer: int = 16) -> None:
+        if mem_size < 1:
+            raise ConfigError(f"mem_size must be >= 1, got {mem_size}")
+        if buffer < 0:
+            raise ConfigError(f"buffer must be >= 0, got {buffer}")
+        self.mem_size = int(mem_size)
+        self.buffer = int(buffer)
+
+    def for_layer(self, layer_idx: int) -> Policy:
+        """The policy instance used by one layer (stateless policies share themselves)."""
+        return self
+
+    def compress(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scores: torch.Tensor | None,
+        valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return exactly ``mem_size`` slots: (keys, values, scores carried for accumulated modes)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mem_size={self.mem_size}, buffer={self.buffer})"
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers shared by the policies (vectorised over batch and heads).
+
+
+def masked(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Scores with padding slots set to -inf so they are never selected."""
+    scores = scores.float()
+    if valid is None:
+        return scores
+    return scores.masked_fill(~valid[:, None, :], NEG_INF)
+
+
+def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores along the last axis, in increasing position order."""
+    k = min(k, scores.shape[-1])
+    idx = scores.topk(k, dim=-1, sorted=False).indices
+    return idx.sort(dim=-1).values
+
+
+def gather_slots(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Gather slots ``idx [b, h, n]`` from ``x [b, h, L, d]`` (or ``[b, h, L]``)."""
+    if x.dim() == 3:
+        return x.gather(-1, idx)
+    return x.gather(2, idx.unsqueeze(-1).expand(*idx.shape, x.shape[-1]))
+
+
+def complement_in_order(keep: torch.Tensor, n_rest: int) -> torch.Tensor:
+    """Positions where ``keep [b, h, L]`` is False, in order (exactly ``n_rest`` of them per row)."""
+    order = keep.to(torch.int8).argsort(dim=-1, stable=True)
+    return order[..., :n_rest]
+
+
+def index_mask(idx: torch.Tensor, length: int) -> torch.Tensor:
+    """Boolean mask ``[..., length]`` that is True at the positions in ``idx``."""
+    mask = torch.zeros(*idx.shape[:-1], length, dtype=torch.bool, device=idx.device)
+    return mask.scatter_(-1, idx, True)
+
+
+def positions_like(scores: torch.Tensor) -> torch.Tensor:
+    """Positions 0..L-1 broadcast to the shape of ``scores [b, h, L]``, as float."""
+    length = scores.shape[-1]
+    return torch.arange(length, device=scores.device, dtype=torch.float32).expand(scores.shape)
+
+
+def recency_scores(like: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Scores that rank newer slots higher (padding at -inf): top-k of these is a recent window."""
+    return masked(positions_like(like), valid)
+
+
+def select(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scores: torch.Tensor | None,
+    idx: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Keep the slots ``idx [b, h, M]`` of keys, values and scores."""
+    kept_scores = None if scores is None else gather_slots(scores, idx)
+    return gather_slots(keys, idx), gather_slots(values, idx), kept_scores

@@ -1,0 +1,185 @@
+"""The compressing cache: budgets, exactness below the budget, padding, gradients, dtypes, architectures."""
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import (
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+import lococo
+from conftest import build_model, tiny_llama_config
+from lococo import LoCoCoConfig
+
+SMALL = dict(mem_size=16, buffer=4, kernel_size=5)
+
+
+def _attach(model, **kw):
+    lococo.attach(model, LoCoCoConfig(**{**SMALL, **kw}))
+    return model
+
+
+def test_short_inputs_equal_the_uncompressed_model(tiny_llama):
+    _attach(tiny_llama)
+    ids = torch.randint(0, 128, (2, 20))  # N = M + buffer: nothing is compressed
+    with torch.no_grad():
+        ref = tiny_llama(ids).logits[:, -1]
+    out = lococo.prefill(tiny_llama, ids, segment_size=6)
+    assert torch.allclose(out.logits, ref, atol=1e-5)
+    assert out.cache.compressed_layers[0].compressions == 0
+
+
+def test_stored_length_reports_tokens_seen_and_stays_bounded(tiny_llama):
+    _attach(tiny_llama)
+    cache = lococo.make_cache(tiny_llama)
+    segment = 8
+    ids = torch.randint(0, 128, (1, 200))
+    for start in range(0, 200, segment):
+        lococo.prefill(tiny_llama, ids[:, : start + segment], cache=cache, segment_size=segment)
+        assert cache.stored_length() <= 16 + segment
+        assert cache.get_seq_length() == start + segment
+    for step in range(40):  # decoding one token at a time
+        with torch.no_grad():
+            tiny_llama(torch.randint(0, 128, (1, 1)), past_key_values=cache, use_cache=True)
+        assert cache.stored_length() <= 16 + 4 + 1
+        assert cache.get_seq_length() == 201 + step
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    mem=st.integers(2, 24),
+    buffer=st.integers(0, 6),
+    segment=st.integers(1, 20),
+    length=st.integers(1, 90),
+    rho=st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_budget_holds_for_any_setting(tiny_llama, mem, buffer, segment, length, rho):
+    if lococo.has_heads(tiny_llama):
+        lococo.detach(tiny_llama)
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=mem, buffer=buffer, kernel_size=3, hh_keep_rate=rho))
+    cache = lococo.make_cache(tiny_llama)
+    ids = torch.randint(0, 128, (1, length))
+    out = lococo.prefill(tiny_llama, ids, cache=cache, segment_size=segment)
+    assert torch.isfinite(out.logits).all()
+    layer = cache.compressed_layers[0]
+    assert layer.stored <= mem + max(buffer, segment) + segment
+    assert layer.get_seq_length() == length
+    if length <= mem + buffer:
+        assert layer.stored == length
+
+
+def test_segment_bounds_are_anchored_at_the_end():
+    assert lococo.generation.segment_bounds(10, 4) == [(0, 2), (2, 6), (6, 10)]
+    assert lococo.generation.segment_bounds(8, 4) == [(0, 4), (4, 8)]
+
+
+@pytest.mark.parametrize("policy", ["lococo", "window"])
+def test_left_padded_batch_equals_each_row_alone(tiny_llama, policy):
+    _attach(tiny_llama)
+    lengths = [70, 43]
+    rows = [torch.randint(0, 128, (1, n)) for n in lengths]
+    width = max(lengths)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - row.shape[1] :] = row[0]
+        mask[i, width - row.shape[1] :] = 1
+    kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
+    batched = lococo.prefill(tiny_llama, ids, mask, cache=lococo.make_cache(tiny_llama, policy, **kw), segment_size=8)
+    for i, row in enumerate(rows):
+        alone = lococo.prefill(tiny_llama, row, cache=lococo.make_cache(tiny_llama, policy, **kw), segment_size=8)
+        assert torch.allclose(batched.logits[i], alone.logits[0], atol=1e-4), i
+
+
+def test_batched_generate_equals_each_row_alone(tiny_llama):
+    _attach(tiny_llama)
+    rows = [torch.randint(1, 128, (1, n)) for n in (50, 31)]
+    ids = torch.zeros(2, 50, dtype=torch.long)
+    mask = torch.zeros(2, 50, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, 50 - row.shape[1] :] = row[0]
+        mask[i, 50 - row.shape[1] :] = 1
+    kw = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
+    batched = lococo.generate(tiny_llama, ids, mask, segment_size=8, **kw)[:, 50:]
+    for i, row in enumerate(rows):
+        alone = lococo.generate(tiny_llama, row, segment_size=8, **kw)[:, row.shape[1] :]
+        assert torch.equal(batched[i], alone[0]), i
+
+
+def test_sdpa_and_eager_agree():
+    config = tiny_llama_config()
+    sdpa = _attach(build_model(config, attn_implementation="sdpa"))
+    eager = _attach(build_model(config, attn_implementation="eager"))
+    for p in sdpa.lococo.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # non-trivial heads, shared by both models
+    eager.lococo.load_state_dict(sdpa.lococo.state_dict())
+    ids = torch.randint(0, 128, (1, 90))
+    outs = [lococo.prefill(m, ids, segment_size=8) for m in (sdpa, eager)]
+    assert eager.config._attn_implementation == "lococo_eager"
+    assert outs[0].cache.compressed_layers[0].compressions > 0
+    assert torch.allclose(outs[0].logits, outs[1].logits, atol=1e-4)
+
+
+def test_gradients_reach_the_heads_and_lambda_only(tiny_llama):
+    _attach(tiny_llama)
+    for p in tiny_llama.parameters():
+        p.requires_grad_(False)
+    for p in tiny_llama.lococo.parameters():
+        p.requires_grad_(True)
+    cache = lococo.make_cache(tiny_llama)
+    ids = torch.randint(0, 128, (1, 48))
+    with torch.no_grad():
+        tiny_llama(ids[:, :24], past_key_values=cache, use_cache=True)
+    out = tiny_llama(ids[:, 24:], past_key_values=cache, use_cache=True, labels=ids[:, 24:])
+    out.loss.backward()
+    for name, p in tiny_llama.named_parameters():
+        if name.startswith("lococo."):
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+            if name.endswith("lam") or name.endswith("weight"):
+                assert p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtypes_run_without_nan(dtype):
+    model = build_model(tiny_llama_config()).to(dtype)
+    lococo.attach(model, LoCoCoConfig(**SMALL, head_dtype="auto"))
+    out = lococo.prefill(model, torch.randint(0, 128, (2, 80)), segment_size=8)
+    assert out.logits.dtype == dtype
+    assert torch.isfinite(out.logits.float()).all()
+
+
+ARCHITECTURES = {
+    "mistral": (MistralConfig, MistralForCausalLM, dict(sliding_window=None)),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM, dict(head_dim=16)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_other_architectures(arch):
+    config_cls, model_cls, extra = ARCHITECTURES[arch]
+    config = config_cls(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, **extra)
+    model = _attach(build_model(config, cls=model_cls))
+    ids = torch.randint(0, 128, (1, 18))
+    with torch.no_grad():
+        ref = model(ids).logits[:, -1]
+    assert torch.allclose(lococo.prefill(model, ids, segment_size=5).logits, ref, atol=1e-5)
+    out = lococo.prefill(model, torch.randint(0, 128, (1, 90)), segment_size=8)
+    assert torch.isfinite(out.logits).all() and out.cache.stored_length() <= 16 + 8
+
+
+def test_cache_bytes_are_measured_from_the_tensors(tiny_llama):
+    _attach(tiny_llama)
+    out = lococo.prefill(tiny_llama, torch.randint(0, 128, (1, 100)), segment_size=8)
+    stored = out.cache.stored_length()
+    # 2 layers x (keys + values) x 2 kv heads x head_dim 16 x fp32
+    assert out.cache.cache_bytes() == 2 * 2 * 2 * stored * 16 * 4

@@ -1,0 +1,100 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
+
+import lococo
+from conftest import build_model
+from lococo import IncompatibleModelError, LoCoCoConfig
+from lococo.heads import ConvCompressorHead
+from lococo.policies.lococo import lococo_compress
+
+
+def test_attach_adds_named_parameters_and_leaves_base_untouched(tiny_llama):
+    before = {k: v.clone() for k, v in tiny_llama.state_dict().items()}
+    heads = lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, kernel_size=5))
+    names = [n for n, _ in tiny_llama.named_parameters() if n.startswith("lococo.")]
+    assert names and all(n.startswith("lococo.heads.") for n in names)
+    assert {n.split(".")[2] for n in names} == {"0", "1"}
+    assert all(torch.equal(tiny_llama.state_dict()[k], v) for k, v in before.items())
+    for head in heads.heads.values():
+        assert all(torch.count_nonzero(c.bias) == 0 for c in head.convs)
+
+
+def test_detach_gives_back_the_original_model_bit_for_bit(tiny_llama):
+    ids = torch.randint(0, 128, (1, 40))
+    with torch.no_grad():
+        ref = tiny_llama(ids).logits
+    keys = set(tiny_llama.state_dict())
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, kernel_size=5))
+    lococo.prefill(tiny_llama, ids, segment_size=8)
+    lococo.detach(tiny_llama)
+    lococo.disable_scoring(tiny_llama)
+    assert set(tiny_llama.state_dict()) == keys
+    assert tiny_llama.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        assert torch.equal(tiny_llama(ids).logits, ref)
+
+
+def test_attach_twice_and_detach_without_heads_are_clear_errors(tiny_llama):
+    with pytest.raises(IncompatibleModelError, match="no LoCoCo heads"):
+        lococo.detach(tiny_llama)
+    lococo.attach(tiny_llama)
+    with pytest.raises(IncompatibleModelError, match="already has LoCoCo heads"):
+        lococo.attach(tiny_llama)
+
+
+def test_unsupported_architecture_names_what_is_supported():
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))
+    with pytest.raises(IncompatibleModelError, match="supported: llama, mistral, qwen2, qwen3"):
+        lococo.attach(model)
+
+
+def test_sliding_window_everywhere_is_refused():
+    model = build_model(
+        MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, sliding_window=64),
+        cls=MistralForCausalLM,
+    )
+    with pytest.raises(IncompatibleModelError, match="sliding_window=None"):
+        lococo.attach(model)
+
+
+def _head(mem=8, rho=0.5, lam=0.0, kernel=3, layers=1):
+    cfg = LoCoCoConfig(mem_size=mem, hh_keep_rate=rho, lambda_init=lam, kernel_size=kernel, n_conv_layers=layers)
+    torch.manual_seed(0)
+    return ConvCompressorHead(head_dim=4, config=cfg), cfg
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.25, 0.5, 1.0])
+def test_lambda_zero_is_exact_top_m_selection(rho):
+    head, cfg = _head(rho=rho, lam=0.0)
+    b, h, length = 2, 3, 30
+    keys = torch.randn(b, h, length, 4)
+    values = torch.randn(b, h, length, 4)
+    scores = torch.rand(b, h, length)
+    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    assert k.shape == (b, h, cfg.mem_size, 4)
+    top = scores.topk(cfg.mem_size, dim=-1).indices.sort(-1).values
+    expected = keys.gather(2, top[..., None].expand(-1, -1, -1, 4))
+    # same set of slots (heavy hitters first, then the fused = selected slots, each block in order)
+    got = k.sort(dim=2).values
+    assert torch.allclose(got, expected.sort(dim=2).values, atol=1e-6)
+
+
+def test_fused_slots_are_convex_mixtures_of_the_remaining_tokens():
+    head, cfg = _head(rho=0.5, lam=1.0)
+    keys = torch.randn(1, 1, 20, 4)
+    values = torch.ones(1, 1, 20, 4)
+    scores = torch.rand(1, 1, 20)
+    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    # values are all ones: a convex mixture of ones is one
+    assert torch.allclose(v, torch.ones_like(v), atol=1e-6)
+
+
+def test_local_window_is_always_kept():
+    head, cfg = _head(mem=8, rho=0.5, lam=0.0)
+    keys = torch.arange(30.0).view(1, 1, 30, 1).expand(1, 1, 30, 4).contiguous()
+    scores = torch.linspace(1, 0, 30).view(1, 1, 30)  # oldest scores highest
+    k, _, _ = lococo_compress(head, cfg.n_heavy, 2, keys, keys, scores, None)
+    kept = k[0, 0, :, 0].tolist()
+    assert 28.0 in kept and 29.0 in kept
