@@ -15,6 +15,7 @@ from .config import LoCoCoConfig
 from .errors import ConfigError, FetchError, IncompatibleModelError, LococoError
 from .generation import generate, make_cache, prefill
 from .heads import attach, detach, get_heads, has_heads
+from .heads_io import load_heads, save_heads
 from .policies import Policy, make_policy, policy_names, register_policy
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
     "generate",
     "get_heads",
     "has_heads",
+    "load_heads",
     "make_cache",
     "make_policy",
     "policy_names",
     "prefill",
     "register_policy",
+    "save_heads",
 ]

@@ -1,0 +1,107 @@
+"""Heads on disk, PEFT-style: ``save_heads(model, dir)`` / ``load_heads(model, dir)``.
+
+A heads folder holds ``lococo_config.json`` (the LoCoCoConfig, the base model's name and revision, and
+an architecture fingerprint) and ``lococo_heads.safetensors`` (the weights; safetensors only, never
+pickle). Loading checks the fingerprint and refuses heads trained for another architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ._version import __version__
+from .config import LoCoCoConfig
+from .errors import IncompatibleModelError, LococoError
+from .heads import LoCoCoHeads, attach, get_heads, has_heads
+from .models_support import attention_layout
+
+CONFIG_NAME = "lococo_config.json"
+WEIGHTS_NAME = "lococo_heads.safetensors"
+
+
+def _base_identity(model: nn.Module) -> dict:
+    config = model.config
+    return {
+        "name_or_path": getattr(config, "_name_or_path", None),
+        "revision": getattr(config, "_commit_hash", None),
+    }
+
+
+def save_heads(model: nn.Module, folder: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+    """Write the heads attached to ``model`` into ``folder`` (atomically: a temp folder, then a rename).
+
+    ``dtype=torch.bfloat16`` halves the size on disk; loading casts back to the configured head dtype.
+    """
+    heads = get_heads(model)
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "lococo_version": __version__,
+        "config": heads.config.to_dict(),
+        "base_model": _base_identity(model),
+        "fingerprint": attention_layout(model).fingerprint(),
+    }
+    state = {k: (v.detach().to(dtype) if dtype else v.detach()).contiguous().cpu() for k, v in heads.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "lococo_version": __version__})
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        if folder.exists():
+            old = folder.with_name(f".{folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def read_heads_config(folder: str | Path) -> tuple[LoCoCoConfig, dict]:
+    """The LoCoCoConfig stored in a heads folder, and the rest of its metadata."""
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise LococoError(f"{folder} is not a LoCoCo heads folder: {CONFIG_NAME} is missing")
+    meta = json.loads(path.read_text())
+    return LoCoCoConfig.from_dict(meta["config"]), meta
+
+
+def load_heads(model: nn.Module, folder: str | Path, *, replace: bool = False) -> LoCoCoHeads:
+    """Attach the heads saved in ``folder`` to ``model`` after checking they were made for its architecture."""
+    config, meta = read_heads_config(folder)
+    expected = attention_layout(model).fingerprint()
+    saved = meta.get("fingerprint", {})
+    if saved != expected:
+        diff = {k: (saved.get(k), expected.get(k)) for k in expected if saved.get(k) != expected.get(k)}
+        base = meta.get("base_model", {}).get("name_or_path")
+        raise IncompatibleModelError(
+            f"the heads in {folder} were trained for another architecture (base model {base!r}); "
+            f"mismatch (saved, this model): {diff}. Load them onto the model they were trained for."
+        )
+    if has_heads(model):
+        if not replace:
+            raise IncompatibleModelError("this model already has LoCoCo heads; pass replace=True or detach them first")
+        from .heads import detach
+
+        detach(model)
+    heads = attach(model, config)
+    weights = Path(folder) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise LococoError(f"{weights} is missing")
+    state = load_file(str(weights))
+    own = heads.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise IncompatibleModelError(f"heads weights do not match their config: missing {missing}, unexpected {unexpected}")
+    heads.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    return heads
