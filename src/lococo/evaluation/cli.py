@@ -1,0 +1,196 @@
+"""``lococo eval ppl`` and ``lococo eval passkey``: the argparse wiring of the evaluation suite.
+
+Hook it into the main CLI with one row of its table::
+
+    register_command(Command("eval", evaluation_cli.HELP, evaluation_cli.add_arguments, evaluation_cli.run))
+
+(or, with a plain argparse subparsers action, :func:`register`). Only argparse is imported at module
+level; the model and torch are loaded when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HELP = "evaluate cache policies: long-document perplexity (ppl) and passkey retrieval (passkey)"
+DEFAULT_MEM_SIZES = [128, 512]
+DEFAULT_PPL_LENGTHS = [8192]
+DEFAULT_PASSKEY_LENGTHS = [1024, 2048, 4096, 8192]
+DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    """``--model`` etc. from the main CLI when it has them, else a minimal ``--model``."""
+    try:
+        from lococo.cli import add_model_args
+    except ImportError:
+        parser.add_argument("--model", default=None, help="model folder or hub id (default: reference model)")
+        return
+    add_model_args(parser)
+
+
+def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
+    _add_model_args(parser)
+    grid = parser.add_argument_group("grid")
+    grid.add_argument("--policy", nargs="+", default=None, help="policies to evaluate (default: every policy)")
+    grid.add_argument("--mem-size", type=int, nargs="+", default=DEFAULT_MEM_SIZES, help="memory slots M (default 128 512)")
+    grid.add_argument("--segment-size", type=int, default=512, help="segment length B (default 512)")
+    grid.add_argument("--heads", default=None, help="folder of trained LoCoCo heads (default: fresh, untrained heads)")
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument(
+        "--limit-docs", type=int, default=None,
+        help="ppl: at most this many evaluation sequences per length; passkey: essays used as --filler essays",
+    )
+    grid.add_argument(
+        "--output", type=Path, default=Path(f"reports/{kind}.json"),
+        help=f"report JSON; .md and .png are written next to it (default reports/{kind}.json)",
+    )
+    grid.add_argument("--no-progress", action="store_true", help="only the per-cell progress bar")
+
+
+def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lococo eval ppl``."""
+    parser.add_argument("--data", default=None, help="text source as in lococo.data.load_texts (default: bundled held-out)")
+    parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
+    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS, help="tokens per sequence")
+    _add_common_args(parser, "ppl")
+    parser.set_defaults(eval_run=run_ppl)
+
+
+def add_passkey_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lococo eval passkey``."""
+    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PASSKEY_LENGTHS, help="prompt tokens")
+    parser.add_argument("--depth", type=float, nargs="+", default=DEFAULT_DEPTHS, help="needle depths in [0, 1]")
+    parser.add_argument("--trials", type=int, default=5, help="keys per (length, depth) cell (default 5)")
+    parser.add_argument("--filler", choices=("classic", "essays"), default="classic", help="filler text")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="answer tokens to generate")
+    _add_common_args(parser, "passkey")
+    parser.set_defaults(eval_run=run_passkey)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Set up ``lococo eval`` with its ``ppl`` and ``passkey`` subcommands."""
+    sub = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
+    add_ppl_arguments(sub.add_parser("ppl", help="perplexity of long documents read in segments"))
+    add_passkey_arguments(sub.add_parser("passkey", help="passkey retrieval at given lengths and depths"))
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``eval`` to an argparse subparsers action (``parser.add_subparsers()``); returns its parser."""
+    parser = subparsers.add_parser("eval", help=HELP, description=HELP)
+    add_arguments(parser)
+    parser.set_defaults(_run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen ``lococo eval`` subcommand; returns the exit status."""
+    return int(args.eval_run(args) or 0)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    try:
+        from lococo.cli import load_model_from_args
+    except ImportError:
+        from lococo.models import load_model
+
+        return load_model(args.model)
+    return load_model_from_args(args)
+
+
+def _policies(args: argparse.Namespace) -> list[str]:
+    from lococo.errors import ConfigError
+    from lococo.policies import policy_names
+
+    names = args.policy or policy_names()
+    unknown = sorted(set(names) - set(policy_names()))
+    if unknown:
+        raise ConfigError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(policy_names())}")
+    return list(dict.fromkeys(names))
+
+
+def _meta(kind: str, args: argparse.Namespace, policies: list[str]) -> dict[str, Any]:
+    """Report meta: the full configuration (JSON-safe) plus versions, commit, machine, date."""
+    from .report import run_meta
+
+    skip = {"_run", "eval_run", "no_progress"}
+    config = {k: v for k, v in vars(args).items() if k not in skip}
+    config["policy"] = policies
+    return run_meta(kind, json.loads(json.dumps(config, default=str)))
+
+
+def _run_grid(
+    kind: str,
+    args: argparse.Namespace,
+    model: Any,
+    evaluate: Callable[..., dict[str, Any]],
+    plot: Callable[[list[dict], Path], None],
+    extra_axes: dict[str, list[Any]] | None = None,
+) -> int:
+    from .grid import expand_cells, run_grid
+
+    policies = _policies(args)
+    cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
+    records = run_grid(
+        cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot,
+        heads_dir=args.heads, seed=args.seed, extra_keys=list(extra_axes or {}), desc=kind,
+    )
+    print(f"wrote {len(records)} records to {args.output} (+ .md, .png)")
+    return 0
+
+
+def run_ppl(args: argparse.Namespace) -> int:
+    """``lococo eval ppl``: perplexity grid over policies, memory sizes and lengths."""
+    import torch
+
+    from lococo.data import load_texts, tokenize_documents
+    from lococo.errors import ConfigError
+
+    from .perplexity import eval_sequences, perplexity, plot_perplexity
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = _load_model(args)
+    token_lists = tokenize_documents(load_texts(args.data, split=args.split), tokenizer)
+    sequences = {n: eval_sequences(token_lists, n, args.limit_docs) for n in args.length}
+    empty = [n for n, seqs in sequences.items() if not seqs]
+    if empty:
+        total = sum(len(t) for t in token_lists)
+        raise ConfigError(f"the data has {total} tokens in all, too few for --length {' '.join(map(str, empty))}")
+
+    def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
+        seqs = sequences[cell["length"]]
+        return perplexity(model, seqs, new_cache, cell["segment_size"], progress=not args.no_progress)
+
+    return _run_grid("ppl", args, model, evaluate, plot_perplexity)
+
+
+def run_passkey(args: argparse.Namespace) -> int:
+    """``lococo eval passkey``: retrieval accuracy grid over policies, memory sizes, lengths and depths."""
+    import torch
+
+    from .passkey import passkey_accuracy, plot_passkey
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = _load_model(args)
+    filler_text = None
+    if args.filler == "essays":
+        from lococo.data import load_texts
+
+        docs = load_texts("bundled:essays", split="heldout")[: args.limit_docs]
+        filler_text = "\n\n".join(d.text for d in docs)
+
+    def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
+        return passkey_accuracy(
+            model, tokenizer, new_cache, length=cell["length"], depth=cell["depth"], trials=args.trials,
+            segment_size=cell["segment_size"], seed=args.seed, filler_text=filler_text,
+            max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+        )
+
+    return _run_grid("passkey", args, model, evaluate, plot_passkey, {"depth": args.depth})

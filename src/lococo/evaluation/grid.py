@@ -1,0 +1,195 @@
+"""The shared grid runner: ``policy x mem_size x length`` (x extra axes) cells, resumable.
+
+A cell is a plain dict ``{"policy", "mem_size", "segment_size", "length", ...extra axes}``; ``full`` appears
+once per length with ``mem_size=None``. :func:`run_grid` evaluates every cell not already in the output
+JSON (same kind and configuration, see :func:`lococo.evaluation.report.load_records`), appends one record
+per cell (the cell's keys plus its metrics) and rewrites the JSON atomically, the Markdown table and the
+PNG plot after each cell, so an interrupted grid resumes where it stopped.
+
+:func:`policy_caches` prepares the model for one policy (fresh, untrained LoCoCo heads, or heads loaded
+from a folder) and yields a factory of fresh caches; the heads are detached again afterwards.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from .report import load_records, write_report
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..cache import CompressedCache
+
+CELL_KEYS = ("policy", "mem_size", "segment_size", "length")
+"""Keys every cell and every record has; together with the extra axes they identify a cell."""
+
+CacheFactory = Callable[[], "CompressedCache"]
+CellFn = Callable[[dict[str, Any], CacheFactory], dict[str, Any]]
+PlotFn = Callable[[list[dict], Path], None]
+
+
+def expand_cells(
+    policies: Sequence[str],
+    mem_sizes: Sequence[int],
+    lengths: Sequence[int],
+    segment_size: int,
+    extra_axes: dict[str, Sequence[Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """Every cell of the grid, lengths outermost (short cells finish first), ``full`` once per length.
+
+    ``extra_axes`` adds further dimensions (e.g. ``{"depth": [0.0, 0.5, 1.0]}``), innermost.
+    """
+    if not policies or not lengths:
+        raise ConfigError("the grid needs at least one policy and one length")
+    if any(m < 1 for m in mem_sizes) or any(n < 2 for n in lengths):
+        raise ConfigError(f"mem sizes must be >= 1 and lengths >= 2, got {list(mem_sizes)} and {list(lengths)}")
+    extra = [[]]  # list of [(axis, value), ...] combinations
+    for axis, values in (extra_axes or {}).items():
+        extra = [combo + [(axis, v)] for combo in extra for v in values]
+    cells = []
+    for length in lengths:
+        for policy in policies:
+            for mem in [None] if policy == "full" else mem_sizes:
+                if mem is None and policy != "full":
+                    raise ConfigError(f"policy {policy!r} needs at least one --mem-size")
+                for combo in extra:
+                    cell = {"policy": policy, "mem_size": mem, "segment_size": segment_size, "length": length}
+                    cells.append({**cell, **dict(combo)})
+    return cells
+
+
+def cell_key(cell: dict[str, Any], extra_keys: Sequence[str] = ()) -> tuple:
+    """What identifies a cell (or the record it produced) for resuming."""
+    return tuple(cell.get(k) for k in (*CELL_KEYS, *extra_keys))
+
+
+def _load_heads(model: nn.Module, heads_dir: str | Path, mem_size: int) -> None:
+    """Load trained heads with ``lococo.load_heads`` and check their memory size."""
+    import lococo
+
+    lococo.load_heads(model, heads_dir)
+    loaded = lococo.get_heads(model).config
+    if loaded.mem_size != mem_size:
+        lococo.detach(model)
+        raise ConfigError(
+            f"heads in {heads_dir} were trained with mem_size={loaded.mem_size}, but the cell asks for "
+            f"mem_size={mem_size}; pass --mem-size {loaded.mem_size}"
+        )
+
+
+@contextmanager
+def policy_caches(
+    model: nn.Module,
+    policy: str,
+    mem_size: int | None,
+    segment_size: int,
+    *,
+    heads_dir: str | Path | None = None,
+    seed: int = 0,
+) -> Iterator[CacheFactory]:
+    """Prepare ``model`` for ``policy`` and yield a function returning fresh caches for it.
+
+    ``lococo`` attaches fresh heads ``LoCoCoConfig(mem_size, segment_size)`` (initialised from ``seed``)
+    or, with ``heads_dir``, loads trained ones; they are detached on exit, leaving the model unchanged.
+    ``full`` ignores ``mem_size``; ``random`` is seeded with ``seed``. Heads already attached to the model
+    before the call are kept aside and put back on exit.
+    """
+    import lococo
+
+    if policy != "full" and mem_size is None:
+        raise ConfigError(f"policy {policy!r} needs a mem_size")
+    previous = lococo.detach(model) if lococo.has_heads(model) else None
+    try:
+        if policy == "lococo":
+            if heads_dir is not None:
+                _load_heads(model, heads_dir, mem_size)
+            else:
+                torch.manual_seed(seed)
+                lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
+            yield lambda: lococo.make_cache(model, "lococo")
+        elif policy == "full":
+            yield lambda: lococo.make_cache(model, "full")
+        else:
+            kwargs: dict[str, Any] = {"mem_size": mem_size}
+            if policy == "random":
+                kwargs["seed"] = seed
+            lococo.make_policy(policy, model=model, **kwargs)  # fail early on bad settings
+            yield lambda: lococo.make_cache(model, policy, **kwargs)
+    finally:
+        if lococo.has_heads(model):
+            lococo.detach(model)
+        if previous is not None:
+            _reattach(model, previous)
+
+
+def _reattach(model: nn.Module, heads: Any) -> None:
+    """Put back heads that were attached before :func:`policy_caches` (same attribute as ``attach``)."""
+    from ..heads import ATTR
+
+    model.add_module(ATTR, heads)
+
+
+def run_grid(
+    cells: Sequence[dict[str, Any]],
+    evaluate: CellFn,
+    model: nn.Module,
+    output: str | Path,
+    meta: dict[str, Any],
+    *,
+    plot: PlotFn | None = None,
+    heads_dir: str | Path | None = None,
+    seed: int = 0,
+    extra_keys: Sequence[str] = (),
+    desc: str = "grid",
+) -> list[dict[str, Any]]:
+    """Evaluate the cells not yet in ``output`` and write the report after each one.
+
+    ``evaluate(cell, new_cache)`` returns the cell's metrics (a dict); ``new_cache()`` builds a fresh cache
+    for the cell's policy (the model is set up afresh for every cell). Returns every record (resumed ones
+    first).
+    """
+    output = Path(output)
+    records = load_records(output, meta)
+    done = {cell_key(r, extra_keys) for r in records}
+    todo = [c for c in cells if cell_key(c, extra_keys) not in done]
+    if len(todo) < len(cells):
+        tqdm.write(f"{desc}: resuming {output}: {len(cells) - len(todo)} of {len(cells)} cells already done")
+    if not todo:
+        write_report(output, meta, records, plot=plot)
+    bar = tqdm(total=len(todo), desc=desc, unit="cell")
+    for cell in todo:
+        bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in cell.items() if v is not None))
+        start = time.perf_counter()
+        with policy_caches(
+            model, cell["policy"], cell["mem_size"], cell["segment_size"], heads_dir=heads_dir, seed=seed
+        ) as new_cache:
+            metrics = evaluate(cell, new_cache)
+        records.append({**cell, **metrics, "seconds": round(time.perf_counter() - start, 3)})
+        write_report(output, meta, records, plot=plot)
+        bar.update(1)
+    bar.close()
+    return records
+
+
+def series_label(record: dict[str, Any]) -> str:
+    """``policy`` or ``policy M=...``: the legend/panel label of a record's (policy, mem_size)."""
+    return record["policy"] if record.get("mem_size") is None else f"{record['policy']} M={record['mem_size']}"
+
+
+def pyplot():
+    """matplotlib's pyplot with the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

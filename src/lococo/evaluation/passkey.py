@@ -1,0 +1,186 @@
+"""Passkey retrieval (``lococo eval passkey``): find a 5-digit key hidden at a depth of a long filler text.
+
+The prompt has exactly ``length`` tokens: an instruction, filler, the needle ("The pass key is 12345.
+Remember it. 12345 is the pass key.") inserted at ``depth`` (0 = start, 1 = end of the filler), more
+filler, then the question "What is the pass key? The pass key is". The answer is a few greedy tokens from
+:func:`lococo.generate` (prompt read in segments through the policy's cache); a trial is correct when the
+first 5-digit number of the answer is the key. Keys are drawn from a generator seeded by
+``(seed, length, depth, trial)``, so every policy sees the same keys.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from .grid import CacheFactory, pyplot, series_label
+
+if TYPE_CHECKING:
+    from torch import nn
+
+INSTRUCTION = (
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
+    "I will quiz you about the important information there."
+)
+CLASSIC_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+KEY_RE = re.compile(r"\d{5}")
+
+
+class Tokenizer(Protocol):
+    """What the prompt builder needs from a tokenizer (any Hugging Face tokenizer fits)."""
+
+    def encode(self, text: str, add_special_tokens: bool = ...) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = ...) -> str: ...
+
+
+@dataclass
+class PasskeyPrompt:
+    """One prompt: token ids, the key, the needle's tokens ``[needle_start, needle_end)``, the filler size."""
+
+    ids: list[int]
+    key: str
+    needle_start: int
+    needle_end: int
+    prefix_tokens: int
+    filler_tokens: int
+
+    @property
+    def depth(self) -> float:
+        """Achieved depth: share of the filler tokens placed before the needle."""
+        before = self.needle_start - self.prefix_tokens
+        return before / self.filler_tokens if self.filler_tokens else 0.0
+
+
+def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+def filler_ids(tokenizer: Tokenizer, n_tokens: int, filler_text: str | None = None) -> list[int]:
+    """``n_tokens`` filler ids: ``filler_text`` (or the classic sentences) repeated, tokenised once, cut."""
+    unit = _encode(tokenizer, " " + (filler_text or CLASSIC_FILLER))
+    if not unit:
+        raise ConfigError("the filler text tokenises to nothing")
+    return (unit * (n_tokens // len(unit) + 1))[:n_tokens]
+
+
+def random_key(seed: int, length: int, depth: float, trial: int) -> str:
+    """A 5-digit key, the same for every policy at (seed, length, depth, trial)."""
+    rng = np.random.default_rng([seed, length, round(depth * 1000), trial])
+    return str(int(rng.integers(10_000, 100_000)))
+
+
+def build_prompt(
+    tokenizer: Tokenizer, length: int, depth: float, key: str, filler_text: str | None = None
+) -> PasskeyPrompt:
+    """A prompt of exactly ``length`` tokens with ``key`` at ``depth`` (a fraction of the filler)."""
+    if not 0.0 <= depth <= 1.0:
+        raise ConfigError(f"depth must be in [0, 1], got {depth}")
+    prefix = _encode(tokenizer, INSTRUCTION)
+    needle = _encode(tokenizer, NEEDLE.format(key=key))
+    question = _encode(tokenizer, QUESTION)
+    n_filler = length - len(prefix) - len(needle) - len(question)
+    if n_filler < 0:
+        raise ConfigError(
+            f"length {length} is too short for the passkey prompt ({length - n_filler} tokens without filler)"
+        )
+    filler = filler_ids(tokenizer, n_filler, filler_text)
+    cut = round(depth * n_filler)
+    ids = prefix + filler[:cut] + needle + filler[cut:] + question
+    start = len(prefix) + cut
+    return PasskeyPrompt(ids, key, start, start + len(needle), len(prefix), n_filler)
+
+
+def answer_is_correct(answer: str, key: str) -> bool:
+    """True when the first 5-digit number in ``answer`` is ``key``."""
+    found = KEY_RE.search(answer)
+    return found is not None and found.group() == key
+
+
+@torch.no_grad()
+def passkey_accuracy(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    new_cache: CacheFactory,
+    *,
+    length: int,
+    depth: float,
+    trials: int,
+    segment_size: int,
+    seed: int = 0,
+    filler_text: str | None = None,
+    max_new_tokens: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``accuracy`` over ``trials`` keys at (length, depth), the ``answers`` and the achieved depth."""
+    from ..generation import generate
+
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        pad_id = getattr(tokenizer, "eos_token_id", None)
+    correct, answers, depths = 0, [], []
+    for trial in tqdm(range(trials), desc=f"passkey {length}@{depth}", unit="trial", disable=not progress, leave=False):
+        key = random_key(seed, length, depth, trial)
+        prompt = build_prompt(tokenizer, length, depth, key, filler_text)
+        ids = torch.tensor([prompt.ids], dtype=torch.long)
+        out = generate(
+            model,
+            ids,
+            cache=new_cache(),
+            segment_size=segment_size,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+        )
+        answer = tokenizer.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
+        correct += answer_is_correct(answer, key)
+        answers.append({"key": key, "answer": answer})
+        depths.append(prompt.depth)
+    return {
+        "accuracy": correct / trials,
+        "trials": trials,
+        "achieved_depth": sum(depths) / len(depths),
+        "answers": answers,
+    }
+
+
+def plot_passkey(records: list[dict], path: Path) -> None:
+    """One heatmap per policy/M: accuracy by depth (rows) and length (columns)."""
+    plt = pyplot()
+    panels: dict[str, list[dict]] = {}
+    for r in records:
+        panels.setdefault(series_label(r), []).append(r)
+    depths = sorted({r["depth"] for r in records})
+    lengths = sorted({r["length"] for r in records})
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows + 0.5), squeeze=False)
+    image = None
+    for ax, (label, panel) in zip(axes.flat, sorted(panels.items()), strict=False):
+        grid = np.full((len(depths), len(lengths)), np.nan)
+        for r in panel:
+            grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["accuracy"]
+        image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7, rotation=30)
+        ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
+        ax.set_xlabel("length", fontsize=8)
+        ax.set_ylabel("depth", fontsize=8)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

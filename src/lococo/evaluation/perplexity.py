@@ -1,0 +1,188 @@
+"""Perplexity of long documents read segment by segment through a compressing cache (``lococo eval ppl``).
+
+Each evaluation sequence has exactly ``length`` tokens: a held-out document truncated to ``length``, or
+consecutive documents concatenated (in order, each followed by EOS) until ``length`` is reached. The
+sequence is fed in segments of B tokens through one cache; the loss covers every position 1..N-1, the
+first token of a segment being predicted by the previous segment's last logit. Besides ``ppl`` the loss
+is averaged per position bucket ([0, 512), [512, 1K), [1K, 2K), ...): does it keep falling as the
+context grows?
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..errors import ConfigError
+from ..generation import position_ids_from_mask, segment_bounds
+from .grid import CacheFactory, pyplot, series_label
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers.cache_utils import Cache
+
+FIRST_BUCKET = 512
+"""Upper edge of the first position bucket; the next edges double (1K, 2K, 4K, ...)."""
+
+
+@dataclass
+class TokenScores:
+    """Log-probabilities of target tokens, whether each was the greedy choice, and the last logits."""
+
+    logprobs: torch.Tensor  # [n_targets], float32
+    greedy: torch.Tensor  # [n_targets], bool
+    last_logits: torch.Tensor  # [1, vocab]
+
+
+@torch.no_grad()
+def score_tokens(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    cache: Cache,
+    segment_size: int,
+    *,
+    prev_logits: torch.Tensor | None = None,
+    progress: bool = False,
+) -> TokenScores:
+    """Feed ``input_ids [1, N]`` through ``cache`` in segments and score every token against its prediction.
+
+    The cache may already hold earlier tokens (their count is ``cache.get_seq_length()``); ``prev_logits
+    [1, vocab]`` is then the logit of the last of them and predicts ``input_ids[0]``. Without it the first
+    token has no prediction, so there are N-1 targets (positions 1..N-1), else N.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ConfigError(f"score_tokens takes one row [1, N], got shape {tuple(input_ids.shape)}")
+    device = next(model.parameters()).device
+    seen = cache.get_seq_length()
+    n = input_ids.shape[1]
+    mask = torch.ones(1, seen + n, dtype=torch.long)
+    positions = position_ids_from_mask(mask)[:, seen:]
+    logprobs, greedy = [], []
+    bar = tqdm(total=n, unit="tok", desc="scoring", disable=not progress, leave=False)
+    for start, stop in segment_bounds(n, segment_size):
+        seg = input_ids[:, start:stop].to(device)
+        out = model(
+            input_ids=seg,
+            attention_mask=mask[:, : seen + stop].to(device),
+            position_ids=positions[:, start:stop].to(device),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = out.logits[0].float()
+        predictors = logits[:-1] if prev_logits is None else torch.cat([prev_logits.float().to(device), logits[:-1]])
+        targets = seg[0] if prev_logits is not None else seg[0, 1:]
+        logprobs.append(-F.cross_entropy(predictors, targets, reduction="none"))
+        greedy.append(predictors.argmax(-1) == targets)
+        prev_logits = logits[-1:]
+        bar.update(stop - start)
+    bar.close()
+    return TokenScores(torch.cat(logprobs).cpu(), torch.cat(greedy).cpu(), prev_logits)
+
+
+def bucket_edges(length: int) -> list[int]:
+    """Position bucket edges ``[0, 512, 1024, 2048, ...]`` up to and including ``length``."""
+    edges = [0]
+    edge = FIRST_BUCKET
+    while edge < length:
+        edges.append(edge)
+        edge *= 2
+    return edges + [length]
+
+
+def _size_label(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def bucket_label(lo: int, hi: int) -> str:
+    """``"512-1K"``: the label of the bucket of positions [lo, hi)."""
+    return f"{_size_label(lo)}-{_size_label(hi)}"
+
+
+def eval_sequences(token_lists: Sequence[Sequence[int]], length: int, limit: int | None = None) -> list[torch.Tensor]:
+    """Sequences of exactly ``length`` tokens ``[1, length]`` from documents, in order.
+
+    A document with at least ``length`` tokens (together with what is still buffered from shorter ones)
+    gives one sequence, truncated; shorter documents are concatenated until ``length`` is reached.
+    The rest of a document beyond a sequence is dropped. At most ``limit`` sequences.
+    """
+    sequences: list[torch.Tensor] = []
+    buffer: list[int] = []
+    for tokens in token_lists:
+        buffer.extend(tokens)
+        if len(buffer) >= length:
+            sequences.append(torch.tensor([buffer[:length]], dtype=torch.long))
+            buffer = []
+            if limit is not None and len(sequences) >= limit:
+                break
+    return sequences
+
+
+def perplexity(
+    model: nn.Module,
+    sequences: Sequence[torch.Tensor],
+    new_cache: CacheFactory,
+    segment_size: int,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``ppl``, mean ``nll``, scored ``tokens``, ``docs`` and ``loss_by_bucket`` over ``sequences``.
+
+    Each sequence is read with a fresh cache from ``new_cache()``. Buckets are over the position of the
+    predicted token in its sequence.
+    """
+    if not sequences:
+        raise ConfigError("no evaluation sequences: the documents are shorter than the requested length")
+    length = max(s.shape[1] for s in sequences)
+    edges = bucket_edges(length)
+    sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    total_nll, total_tokens = 0.0, 0
+    for ids in tqdm(sequences, desc="documents", unit="doc", disable=not progress, leave=False):
+        losses = -score_tokens(model, ids, new_cache(), segment_size, progress=progress).logprobs.double()
+        positions = torch.arange(1, ids.shape[1])
+        bucket = torch.bucketize(positions, torch.tensor(edges[1:-1]), right=True)
+        sums.index_add_(0, bucket, losses)
+        counts.index_add_(0, bucket, torch.ones_like(losses))
+        total_nll += float(losses.sum())
+        total_tokens += losses.numel()
+    nll = total_nll / total_tokens
+    by_bucket = {
+        bucket_label(edges[i], edges[i + 1]): float(sums[i] / counts[i]) for i in range(len(sums)) if counts[i] > 0
+    }
+    return {"ppl": math.exp(nll), "nll": nll, "tokens": total_tokens, "docs": len(sequences), "loss_by_bucket": by_bucket}
+
+
+def plot_perplexity(records: list[dict], path: Path) -> None:
+    """Perplexity against length, and the loss per position bucket at the longest length, per policy/M."""
+    plt = pyplot()
+    fig, (ax_ppl, ax_bucket) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series: dict[str, list[dict]] = {}
+    for r in records:
+        series.setdefault(series_label(r), []).append(r)
+    longest = max(r["length"] for r in records)
+    for label, rows in sorted(series.items()):
+        rows = sorted(rows, key=lambda r: r["length"])
+        ax_ppl.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label)
+        last = rows[-1]
+        if last["length"] == longest:
+            buckets = last["loss_by_bucket"]
+            ax_bucket.plot(list(buckets), list(buckets.values()), marker="o", label=label)
+    ax_ppl.set_xscale("log", base=2)
+    ax_ppl.set_xlabel("sequence length (tokens)")
+    ax_ppl.set_ylabel("perplexity")
+    ax_ppl.set_title("perplexity")
+    ax_bucket.set_xlabel("position of the predicted token")
+    ax_bucket.set_ylabel("mean loss (nats)")
+    ax_bucket.set_title(f"loss by position, length {longest}")
+    ax_bucket.tick_params(axis="x", rotation=30)
+    ax_ppl.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

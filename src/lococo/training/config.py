@@ -1,0 +1,80 @@
+"""`TrainConfig`: the training recipe (defaults: the authors' optimiser, METHOD.md), validated."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``lococo train`` needs; JSON round-trippable (saved beside the trained heads)."""
+
+    output_dir: str = "runs/heads"
+    mem_size: int = 128
+    segment_size: int = 512
+    n_segments: int = 4
+    hh_keep_rate: float = 0.5
+    kernel_size: int = 21
+    buffer: int = 16
+    lambda_init: float = 0.5
+    tbptt: int = 1
+    batch_size: int = 1
+    grad_accum: int = 8
+    max_steps: int = 100
+    lr_heads: float = 5e-2
+    lr_embeddings_norms: float = 2.5e-4
+    train_embeddings_norms: bool = False
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    seed: int = 0
+    save_every: int = 10
+    keep_last: int = 3
+    eval_every: int = 0
+    resume: bool = False
+    init_heads: str | None = None
+    save_dtype: str | None = "bfloat16"
+    device: str = "cpu"
+
+    def lococo_config(self) -> dict:
+        """The LoCoCoConfig fields this recipe sets."""
+        return dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
+                    kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init)
+
+    def validate(self, rows: torch.Tensor | None = None) -> None:
+        positive = ("mem_size", "segment_size", "n_segments", "tbptt", "batch_size", "grad_accum", "max_steps",
+                    "keep_last")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_heads <= 0:
+            raise ConfigError(f"lr_heads must be > 0, got {self.lr_heads}")
+        if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
+            raise ConfigError(f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
+        if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
+            raise ConfigError(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
+        if rows is not None:
+            width = self.n_segments * self.segment_size
+            if rows.dim() != 2 or rows.shape[1] != width:
+                raise ConfigError(f"training rows must be [N, n_segments*segment_size = {width}], got {tuple(rows.shape)}")
+            if len(rows) < self.batch_size:
+                raise ConfigError(f"only {len(rows)} training sequences for batch_size {self.batch_size}; add data")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig field(s): {', '.join(unknown)}")
+        return cls(**data)

@@ -1,0 +1,201 @@
+"""Training LoCoCo heads on a frozen model: a loop you can read top to bottom.
+
+Each training sequence (``n_segments x segment_size`` tokens) is read segment by segment through one
+compressing cache. The loss is next-token cross-entropy inside each segment. Gradient reaches the heads
+(and lambda) through the current segment's attention on the memory they just built; the memory is
+detached every ``tbptt`` segments (1 = the authors' one-segment truncation), with one backward per
+window. Training memory is therefore O(M + B) whatever the sequence length.
+
+Multi-process runs go through accelerate (``accelerate launch -m lococo train ...``): the model is wrapped
+by ``accelerator.prepare`` (DDP, FSDP or DeepSpeed as configured), gradients are synchronised only on
+the last backward of an optimiser step, and micro-batches are dealt out round-robin so that N processes
+with accumulation A see exactly the data of 1 process with accumulation N x A.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..attention import enable_scoring
+from ..cache import CompressedCache
+from ..config import LoCoCoConfig
+from ..heads import attach, get_heads, has_heads
+from ..heads_io import load_heads, save_heads
+from ..policies.lococo import LoCoCoPolicy
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+
+def trainable_parameters(model, cfg: TrainConfig) -> list[dict]:
+    """Freeze the model, then unfreeze the heads (and, optionally, embeddings and norms)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    heads = [p for p in get_heads(model).parameters()]
+    groups = [{"params": heads, "lr": cfg.lr_heads, "name": "heads"}]
+    if cfg.train_embeddings_norms:
+        extra = [
+            p for n, p in model.named_parameters()
+            if not n.startswith("lococo.") and ("embed" in n or "norm" in n or "lm_head" in n)
+        ]
+        groups.append({"params": extra, "lr": cfg.lr_embeddings_norms, "name": "embeddings_norms"})
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
+    return groups
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up (optional) then linear decay to zero, as the authors."""
+
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        remaining = cfg.max_steps - step
+        return max(0.0, remaining / max(1, cfg.max_steps - cfg.warmup_steps))
+
+    return factor
+
+
+def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer: int) -> list[bool]:
+    """Which segments of a sequence run a compression (only those can train the heads)."""
+    stored, flags = 0, []
+    for _ in range(n_segments):
+        compresses = stored > mem_size + buffer
+        flags.append(compresses)
+        stored = (mem_size if compresses else stored) + segment_size
+    return flags
+
+
+def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
+                  sync_at_end: bool) -> tuple[float, int]:
+    """Forward/backward one batch of sequences segment by segment; returns (summed token loss, tokens).
+
+    Gradients are synchronised across processes only on the last backward when ``sync_at_end``.
+    """
+    cache = CompressedCache(unwrapped, LoCoCoPolicy.from_model(unwrapped))
+    flags = learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, get_heads(unwrapped).config.buffer)
+    last_learning = max((t for t, f in enumerate(flags) if f), default=-1)
+    total_loss, total_tokens = 0.0, 0
+    window: list[torch.Tensor] = []
+    for t, seg in enumerate(ids.split(cfg.segment_size, dim=1)):
+        with nullcontext() if flags[t] else torch.no_grad():
+            out = model(input_ids=seg, labels=seg, past_key_values=cache, use_cache=True)
+        n = seg.numel() - seg.shape[0]
+        total_loss += out.loss.item() * n
+        total_tokens += n
+        if flags[t]:
+            window.append(out.loss)
+        if window and (len(window) == cfg.tbptt or t == last_learning):
+            final = sync_at_end and t == last_learning
+            with nullcontext() if final else accelerator.no_sync(model):
+                accelerator.backward(torch.stack(window).sum() * scale)
+            window = []
+        if not window:
+            cache.detach_()  # truncated back-propagation boundary
+    return total_loss, total_tokens
+
+
+@torch.no_grad()
+def heldout_perplexity(model, rows: torch.Tensor, cfg: TrainConfig) -> float:
+    """Perplexity of held-out rows read through the trained cache (segment by segment)."""
+    nll, tokens = 0.0, 0
+    for row in rows:
+        cache = CompressedCache(model, LoCoCoPolicy.from_model(model))
+        for seg in row[None].split(cfg.segment_size, dim=1):
+            out = model(input_ids=seg, labels=seg, past_key_values=cache, use_cache=True)
+            nll += out.loss.item() * (seg.shape[1] - 1)
+            tokens += seg.shape[1] - 1
+    return math.exp(nll / tokens)
+
+
+def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch.Tensor | None = None,
+                accelerator: Accelerator | None = None) -> Path:
+    """Train LoCoCo heads of ``model`` on packed ``rows [N, n_segments * segment_size]``.
+
+    Writes checkpoints under ``cfg.output_dir/checkpoints`` (atomically, last ``keep_last`` kept), metrics
+    as JSONL, and the final heads to ``cfg.output_dir/heads``. Returns that folder.
+    """
+    cfg.validate(rows)
+    accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
+    out_dir = Path(cfg.output_dir)
+    torch.manual_seed(cfg.seed)
+    if cfg.init_heads:
+        load_heads(model, cfg.init_heads, replace=True)
+    elif not has_heads(model):
+        attach(model, LoCoCoConfig(**cfg.lococo_config()))
+    enable_scoring(model)
+    model.eval()  # the frozen model: no dropout; the heads have none
+    groups = trainable_parameters(model, cfg)
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    start_step = 0
+    if cfg.resume and (ckpt := latest_checkpoint(out_dir)) is not None:
+        start_step = load_checkpoint(ckpt, unwrapped, optimizer, scheduler)
+        accelerator.print(f"resumed from {ckpt} at step {start_step}")
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_step = cfg.grad_accum * world * cfg.batch_size
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
+    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size,
+                                    get_heads(unwrapped).config.buffer))
+    scale = 1.0 / (max(n_learn, 1) * cfg.grad_accum * cfg.batch_size)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.resume:
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+    metrics = (out_dir / "metrics.jsonl").open("a") if accelerator.is_main_process else None
+    bar = tqdm(range(start_step, cfg.max_steps), initial=start_step, total=cfg.max_steps, desc="train",
+               disable=not accelerator.is_main_process)
+    for step in bar:
+        t0 = time.perf_counter()
+        step_loss, step_tokens = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            first = step * per_step + (micro * world + rank) * cfg.batch_size
+            idx = [int(order[(first + j) % len(rows)]) for j in range(cfg.batch_size)]
+            batch = rows[idx].to(accelerator.device)
+            loss, tokens = sequence_loss(model, unwrapped, batch, cfg, accelerator, scale,
+                                         sync_at_end=micro == cfg.grad_accum - 1)
+            step_loss += loss
+            step_tokens += tokens
+        if cfg.clip_grad:
+            accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip_grad)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        totals = accelerator.reduce(torch.tensor([step_loss, float(step_tokens)], device=accelerator.device), "sum")
+        record = {
+            "step": step + 1,
+            "loss": (totals[0] / totals[1]).item(),
+            "tokens_seen": (step + 1) * per_step * cfg.n_segments * cfg.segment_size,
+            "tokens_per_s": totals[1].item() / (time.perf_counter() - t0),
+            "lr": scheduler.get_last_lr()[0],
+            "lambda_mean": float(torch.stack([h.lam.detach() for h in get_heads(unwrapped).heads.values()]).mean()),
+        }
+        if eval_rows is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+            record["heldout_ppl"] = heldout_perplexity(unwrapped, eval_rows.to(accelerator.device), cfg)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if metrics:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+        if cfg.save_every and (step + 1) % cfg.save_every == 0 and accelerator.is_main_process:
+            save_checkpoint(out_dir, step + 1, unwrapped, optimizer, scheduler, keep_last=cfg.keep_last)
+        accelerator.wait_for_everyone()
+    final = out_dir / "heads"
+    if accelerator.is_main_process:
+        save_heads(unwrapped, final, dtype=getattr(torch, cfg.save_dtype) if cfg.save_dtype else None)
+        (out_dir / "train_config.json").write_text(cfg.to_json())
+    accelerator.wait_for_everyone()
+    if metrics:
+        metrics.close()
+    return final

