@@ -103,22 +103,8 @@ def _run_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens to read (default 16384)")
-    parser.add_argument("--new-tokens", type=int, default=40, help="tokens to generate (default 40)")
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from lococo.demo import main as demo_main
-
-    return demo_main(args)
-
-
 register_command(
     Command("fetch", "download and prepare the reference model and corpora", _fetch_args, _run_fetch)
-)
-register_command(
-    Command("demo", "read a long text through a fixed-size cache, then generate", _demo_args, _run_demo)
 )
 
 
@@ -135,6 +121,7 @@ def _lazy(module: str, attr: str) -> Callable:
 
 
 for _name, _module, _help in (
+    ("demo", "demo", "read a long text through a fixed-size LoCoCo cache, then generate"),
     ("generate", "generate_cli", "generate a continuation of a long prompt with a fixed-size cache"),
     ("eval", "evaluation.cli", "evaluate policies: perplexity (ppl) and retrieval (passkey)"),
     ("bench", "evaluation.bench", "speed and memory per policy and context length"),

@@ -1,8 +1,8 @@
-"""``lococo demo``: read a long held-out text through a fixed-size cache, then generate greedily.
+"""``lococo demo``: read a long held-out text through a fixed-size LoCoCo cache, then generate greedily.
 
-Placeholder: the cache is a plain sliding window (:class:`transformers.DynamicSlidingWindowLayer`, 640
-tokens per layer); the learned LoCoCo cache will replace :func:`_make_cache`. Because a compressing cache
-stores fewer tokens than it has seen, position ids are always passed explicitly (absolute token index).
+Uses the trained heads shipped for the reference model when there are some for ``--mem-size``, else
+fresh (untrained) heads, and says which. Prints what it did: tokens read, slots per layer, the cache's
+bytes against what a full cache would need, peak RSS, speeds and the continuation.
 """
 
 from __future__ import annotations
@@ -12,53 +12,17 @@ import resource
 import sys
 import time
 
-import torch
-from tqdm.auto import tqdm
-from transformers import DynamicCache, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
-
-from lococo.data import long_text_ids
-from lococo.errors import ConfigError
-from lococo.models import load_model
-
-SEGMENT = 512
-WINDOW = 640
+from .data import long_text_ids
+from .errors import ConfigError
+from .generate_cli import add_policy_args, prepare_cache
+from .generation import generate, prefill
+from .models import load_model
 
 
-def _make_cache(model: PreTrainedModel) -> Cache:
-    """A fixed-size cache: every layer keeps only the last ``WINDOW`` tokens."""
-    cache = DynamicCache(config=model.config)
-    cache.layers = [DynamicSlidingWindowLayer(sliding_window=WINDOW) for _ in cache.layers]
-    return cache
-
-
-def _forward(model: PreTrainedModel, ids: torch.Tensor, cache: Cache, start: int) -> torch.Tensor:
-    """Run ``ids`` (positions ``start ...``) through the model; returns the last position's logits."""
-    positions = torch.arange(start, start + ids.shape[1]).unsqueeze(0)
-    out = model(
-        input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, logits_to_keep=1
-    )
-    return out.logits[:, -1]
-
-
-def _cache_bytes(cache: Cache) -> tuple[int, list[int]]:
-    """Bytes held by the cache and the stored length of each layer."""
-    total, lengths = 0, []
-    for layer in cache.layers:
-        total += (
-            layer.keys.numel() * layer.keys.element_size()
-            + layer.values.numel() * layer.values.element_size()
-        )
-        lengths.append(layer.keys.shape[-2])
-    return total, lengths
-
-
-def _full_cache_bytes(model: PreTrainedModel, tokens: int) -> int:
-    """Bytes a full (uncompressed) KV cache would need for ``tokens`` tokens."""
-    cfg = model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    itemsize = torch.finfo(model.dtype).bits // 8
-    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * tokens * itemsize
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens to read (default 16384)")
+    parser.add_argument("--new-tokens", type=int, default=40, help="tokens to generate (default 40)")
+    add_policy_args(parser)
 
 
 def _peak_rss_mib() -> float:
@@ -67,38 +31,42 @@ def _peak_rss_mib() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
-@torch.inference_mode()
-def main(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the demo; prints statistics and the continuation. Returns 0."""
-    n_tokens = getattr(args, "tokens", 16384)
-    new_tokens = getattr(args, "new_tokens", 40)
-    if n_tokens < 1 or new_tokens < 0:
-        raise ConfigError("--tokens must be >= 1 and --new-tokens >= 0")
+    if args.tokens < 2 or args.new_tokens < 0:
+        raise ConfigError("--tokens must be >= 2 and --new-tokens >= 0")
     model, tokenizer = load_model()
-    ids = long_text_ids(tokenizer, n_tokens)
-    cache = _make_cache(model)
+    ids = long_text_ids(tokenizer, args.tokens)
+    cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
+    heads_note = ""
+    if args.policy == "lococo":
+        from .heads_io import shipped_heads
+
+        source = args.heads or shipped_heads(model, args.mem_size)
+        heads_note = f" (heads: {source})" if source else " (heads: untrained; no shipped heads for this M)"
 
     start = time.perf_counter()
-    for pos in tqdm(range(0, n_tokens, SEGMENT), desc="reading", unit="segment"):
-        logits = _forward(model, ids[:, pos : pos + SEGMENT], cache, pos)
+    prefill(model, ids[:, :-1], cache=cache, segment_size=args.segment_size, progress=True)
     read_s = time.perf_counter() - start
+    slots = cache.stored_length()
+    held = cache.cache_bytes()
+    full = held / max(slots, 1) * args.tokens
 
-    start, generated = time.perf_counter(), []
-    for step in range(new_tokens):
-        token = logits.argmax(-1, keepdim=True)
-        generated.append(int(token))
-        if int(token) == tokenizer.eos_token_id:
-            break
-        logits = _forward(model, token, cache, n_tokens + step)
+    start = time.perf_counter()
+    out = generate(model, ids, cache=cache, segment_size=args.segment_size, max_new_tokens=args.new_tokens,
+                   do_sample=False, pad_token_id=tokenizer.pad_token_id)
     gen_s = time.perf_counter() - start
+    new = out[0, ids.shape[1] :]
 
-    held, lengths = _cache_bytes(cache)
-    full = _full_cache_bytes(model, n_tokens + len(generated))
-    print(f"tokens read:           {n_tokens} in {read_s:.1f} s ({n_tokens / read_s:.0f} tokens/s)")
-    print(f"tokens generated:      {len(generated)} in {gen_s:.1f} s ({len(generated) / gen_s:.1f} tokens/s)")
+    print(f"policy:                {args.policy}, M = {args.mem_size}, B = {args.segment_size}{heads_note}")
+    print(f"tokens read:           {args.tokens} in {read_s:.1f} s ({args.tokens / read_s:.0f} tokens/s)")
+    print(f"tokens generated:      {len(new)} in {gen_s:.1f} s ({len(new) / max(gen_s, 1e-9):.1f} tokens/s)")
     print(f"tokens seen by cache:  {cache.get_seq_length()}")
-    print(f"cache slots per layer: {sorted(set(lengths))} ({len(lengths)} layers)")
-    print(f"cache memory:          {held / 2**20:.1f} MiB (a full cache would need {full / 2**20:.1f} MiB)")
+    print(f"cache slots per layer: {slots} after reading, {cache.stored_length()} now "
+          f"({len(cache.compressed_layers)} layers)")
+    print(f"cache memory:          {held / 2**20:.1f} MiB after reading "
+          f"(a full cache would need {full / 2**20:.1f} MiB for {args.tokens} tokens)")
     print(f"peak RSS:              {_peak_rss_mib():.0f} MiB")
-    print(f"continuation:          {tokenizer.decode(generated)!r}")
+    print(f"continuation:          {tokenizer.decode(new, skip_special_tokens=True)!r}")
     return 0
+

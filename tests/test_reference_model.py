@@ -1,0 +1,39 @@
+"""Integration: LoCoCo on the offline reference model (SmolLM2-135M-Instruct, Llama with GQA)."""
+
+import pytest
+import torch
+
+import lococo
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def model_with_heads(reference_model):
+    model, tokenizer = reference_model
+    lococo.attach(model, lococo.LoCoCoConfig(mem_size=128, segment_size=512))
+    yield model, tokenizer
+    lococo.detach(model)
+
+
+def test_short_prompt_equals_the_plain_model(model_with_heads):
+    model, tokenizer = model_with_heads
+    ids = tokenizer("The quick brown fox jumps over the lazy dog. " * 12, return_tensors="pt").input_ids[:, :140]
+    with torch.no_grad():
+        ref = model(ids).logits[:, -1]
+    out = lococo.prefill(model, ids, segment_size=64)
+    assert torch.allclose(out.logits, ref, atol=1e-4)
+
+
+def test_long_prompt_keeps_a_fixed_budget_and_generates(model_with_heads):
+    from lococo.data import long_text_ids
+
+    model, tokenizer = model_with_heads
+    ids = long_text_ids(tokenizer, 1536)
+    cache = lococo.make_cache(model)
+    out = lococo.generate(model, ids, cache=cache, segment_size=512, max_new_tokens=8, do_sample=False,
+                          pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == 1536 + 8
+    assert cache.get_seq_length() == 1536 + 7
+    assert cache.stored_length() <= 128 + 16 + 1
+    assert all(layer.compressions > 0 for layer in cache.compressed_layers)

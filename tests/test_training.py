@@ -1,0 +1,110 @@
+"""The training loop: only the heads learn, resume is exact, N processes = 1 process with N x accumulation."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lococo
+from conftest import build_model, tiny_llama_config
+from lococo import ConfigError
+from lococo.training import loop
+from lococo.training.config import TrainConfig
+from lococo.training.loop import learning_segments, train_heads
+from train_tiny import tiny_config, tiny_rows
+
+HERE = Path(__file__).parent
+
+
+def _heads(folder) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(folder) / "lococo_heads.safetensors"))
+
+
+def test_only_the_heads_change(tmp_path):
+    model = build_model(tiny_llama_config())
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    lococo.attach(model, lococo.LoCoCoConfig(mem_size=8, segment_size=16, buffer=2, kernel_size=3))
+    initial = {k: v.clone() for k, v in model.lococo.state_dict().items()}
+    final = train_heads(model, tiny_rows(), tiny_config(tmp_path))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in base.items())
+    trained = _heads(final)
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, 7))
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_000004", "step_000006"]
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    straight = train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "a"))
+
+    real_save = loop.save_checkpoint
+
+    def crash_after_step_4(out_dir, step, *args, **kwargs):
+        path = real_save(out_dir, step, *args, **kwargs)
+        if step == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return path
+
+    monkeypatch.setattr(loop, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "b"))
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    assert not (tmp_path / "b" / "heads").exists()
+    resumed = train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "b", resume=True))
+    a, b = _heads(straight), _heads(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_deeper_truncated_backprop_runs_and_differs(tmp_path):
+    one = _heads(train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "k1")))
+    two = _heads(train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "k2", tbptt=2)))
+    assert all(torch.isfinite(v).all() for v in two.values())
+    assert any(not torch.allclose(one[k], two[k]) for k in one)
+
+
+def test_learning_segments_follow_the_lazy_trigger():
+    assert learning_segments(4, 512, 128, 16) == [False, True, True, True]
+    assert learning_segments(4, 512, 512, 16) == [False, False, True, True]
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [(dict(max_steps=0), "max_steps"), (dict(warmup_steps=10, max_steps=5), "warmup_steps"),
+     (dict(save_dtype="int8"), "save_dtype")],
+)
+def test_bad_recipes_are_config_errors(overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**overrides).validate()
+    with pytest.raises(ConfigError, match="rows"):
+        TrainConfig(n_segments=2, segment_size=8).validate(torch.zeros(3, 10, dtype=torch.long))
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not (Path(sys.executable).parent / "accelerate").exists(),
+                    reason="accelerate launcher not installed")
+def test_two_processes_equal_one_process_with_doubled_accumulation(tmp_path):
+    script = str(HERE / "train_tiny.py")
+    launcher = str(Path(sys.executable).parent / "accelerate")
+    subprocess.run([sys.executable, script, str(tmp_path / "one"), "--grad-accum", "4", "--max-steps", "3"],
+                   check=True, capture_output=True)
+    two = subprocess.run(
+        # accelerate's --cpu launcher needs MPI for several processes; --multi_gpu launches through torchrun,
+        # and the script's Accelerator(cpu=True) then runs on the CPU with the gloo backend.
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", script, str(tmp_path / "two"), "--grad-accum", "2", "--max-steps", "3"],
+        capture_output=True, text=True,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _heads(tmp_path / "one" / "heads"), _heads(tmp_path / "two" / "heads")
+    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 3
+    assert all(torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4) for k in a)
+    first = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
+    second = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
+    assert abs(first["loss"] - second["loss"]) < 1e-5
