@@ -183,3 +183,14 @@ def test_cache_bytes_are_measured_from_the_tensors(tiny_llama):
     stored = out.cache.stored_length()
     # 2 layers x (keys + values) x 2 kv heads x head_dim 16 x fp32
     assert out.cache.cache_bytes() == 2 * 2 * 2 * stored * 16 * 4
+
+
+def test_transformers_chunked_prefill_keeps_the_budget(tiny_llama):
+    _attach(tiny_llama)
+    cache = lococo.make_cache(tiny_llama)
+    ids = torch.randint(1, 128, (1, 96))
+    out = tiny_llama.generate(ids, past_key_values=cache, prefill_chunk_size=8, max_new_tokens=10, do_sample=False)
+    assert out.shape == (1, 106)
+    assert cache.get_seq_length() == 105
+    assert cache.stored_length() <= 16 + 4 + 1
+    assert cache.compressed_layers[0].compressions > 5

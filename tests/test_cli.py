@@ -71,7 +71,7 @@ def test_user_error_in_subprocess_has_no_traceback(tmp_path):
 
 def test_demo_rejects_bad_sizes_before_loading(capsys):
     assert cli.main(["demo", "--tokens", "0"]) == 2
-    assert capsys.readouterr().err == "lococo: error: --tokens must be >= 1 and --new-tokens >= 0\n"
+    assert capsys.readouterr().err == "lococo: error: --tokens must be >= 2 and --new-tokens >= 0\n"
 
 
 def test_add_model_args_defaults():

@@ -27,7 +27,7 @@ from .models_support import attention_layout
 
 PREFIX = "lococo_"
 _STATE_ATTR = "_lococo_scoring"
-_QUERY_BLOCK = 1024
+_QUERY_BLOCK = 128  # queries per block: bounds the probability matrix held at once
 
 
 def _base_function(name: str):
@@ -62,11 +62,11 @@ def column_scores(
     total = key.new_zeros(b, kv_heads, key.shape[2], dtype=torch.float32)
     for start in range(0, q_len, _QUERY_BLOCK):
         stop = min(start + _QUERY_BLOCK, q_len)
-        logits = torch.einsum("bhgqd,bhld->bhgql", q[:, :, :, start:stop], k) * scaling
-        vis = visible[:, None, None, start:stop]
-        probs = logits.masked_fill(~vis, float("-inf")).softmax(dim=-1).nan_to_num(0.0)
+        logits = torch.einsum("bhgqd,bhld->bhgql", q[:, :, :, start:stop], k).mul_(scaling)
+        logits.masked_fill_(~visible[:, None, None, start:stop], float("-inf"))
+        probs = logits.softmax(dim=-1).nan_to_num_(0.0)
         if query_valid is not None:
-            probs = probs * query_valid[:, None, None, start:stop, None]
+            probs.mul_(query_valid[:, None, None, start:stop, None])
         total += probs.sum(dim=(2, 3))
     return total
 
@@ -124,7 +124,7 @@ def make_attention_function(base_name: str):
             if lococo_layer.valid is not None:
                 query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
             scaling = kwargs.get("scaling") or module.head_dim**-0.5
-            with torch.no_grad():
+            with torch.no_grad(), torch.profiler.record_function("lococo.scores"):
                 scores = column_scores(query, key, scaling, visible, query_valid, window)
             lococo_layer.record_scores(scores)
         return out, weights

@@ -162,6 +162,10 @@ class CompressedLayer(CacheLayerMixin):
         return self.policy.compress(self.keys, self.values, scores, self.valid)
 
     def _compact(self) -> None:
+        with torch.profiler.record_function("lococo.compact"):
+            self._compact_now()
+
+    def _compact_now(self) -> None:
         self.compressions += 1
         new_len, rows = self._plan()
         if rows is None:  # no padding anywhere: every row compresses

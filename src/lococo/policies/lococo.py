@@ -50,7 +50,8 @@ def lococo_compress(
     s_r = gather_slots(s, idx_r)
     valid_r = None if valid is None else gather_slots(valid[:, None, :].expand(b, h, length), idx_r)
 
-    logits = head.mixing_logits(k_r, v_r, valid_r).float()  # [b, h, C, R]
+    with torch.profiler.record_function("lococo.conv"):
+        logits = head.mixing_logits(k_r, v_r, valid_r).float()  # [b, h, C, R]
     if valid_r is not None:
         logits = logits.masked_fill(~valid_r[:, :, None, :], NEG_INF)
         logits = logits.masked_fill(~valid_r.any(-1)[:, :, None, None], 0.0)  # rows not compressed: no NaN
