@@ -23,7 +23,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 def test_help_lists_subcommands():
     proc = run_cli("--help")
     assert proc.returncode == 0
-    for name in ("fetch", "demo"):
+    for name in ("fetch", "demo", "generate", "eval", "bench", "train"):
         assert name in proc.stdout
 
 
@@ -88,3 +88,19 @@ def test_resolve_device():
     assert cli.resolve_device("auto") in {"cpu", "cuda"}
     with pytest.raises(LococoError):
         cli.resolve_device("toaster")
+
+
+def test_generate_names_a_missing_prompt_file(tmp_path, capsys):
+    assert cli.main(["generate", "--prompt-file", str(tmp_path / "nope.txt")]) == 2
+    assert "nope.txt does not exist" in capsys.readouterr().err
+
+
+def test_bench_refuses_an_unknown_policy(capsys):
+    assert cli.main(["bench", "--policy", "lru", "--output", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lococo: error: unknown policy lru") and "snapkv" in err
+
+
+def test_train_refuses_a_bad_recipe_before_loading(capsys):
+    assert cli.main(["train", "--max-steps", "0"]) == 2
+    assert "max_steps must be >= 1" in capsys.readouterr().err
