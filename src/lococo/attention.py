@@ -36,6 +36,33 @@ def _base_function(name: str):
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
+def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, visible: torch.Tensor):
+    """Softmax probabilities ``[b, kv, g, block, L]`` for consecutive blocks of queries (GQA-native, fp32).
+
+    The query heads of a KV group are stacked on the query axis, so each block is one plain batched
+    matmul against the group's keys (never repeated). Every query sees at least itself (padding queries
+    are given their own slot), so no row is all -inf.
+    """
+    b, n_heads, q_len, d = query.shape
+    kv_heads = key.shape[1]
+    groups = n_heads // kv_heads
+    q = (query.float() * scaling).reshape(b, kv_heads, groups, q_len, d)
+    k_t = key.float().transpose(-1, -2)  # [b, kv, d, L]
+    bias = torch.zeros(visible.shape, dtype=torch.float32, device=query.device).masked_fill_(~visible, float("-inf"))
+    for start in range(0, q_len, _QUERY_BLOCK):
+        stop = min(start + _QUERY_BLOCK, q_len)
+        block = q[:, :, :, start:stop].reshape(b, kv_heads, groups * (stop - start), d)
+        logits = torch.matmul(block, k_t).view(b, kv_heads, groups, stop - start, -1)
+        logits += bias[:, None, None, start:stop]
+        yield start, stop, logits.softmax(dim=-1)
+
+
+def _accumulate(total: torch.Tensor, probs: torch.Tensor, query_valid: torch.Tensor | None, start: int, stop: int):
+    if query_valid is not None:
+        probs = probs * query_valid[:, None, None, start:stop, None]
+    total += probs.detach().sum(dim=(2, 3))
+
+
 def column_scores(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -50,25 +77,40 @@ def column_scores(
     head are summed (GQA). Padding queries contribute nothing. ``window > 0`` keeps only the last
     ``window`` queries (SnapKV's observation window, TOVA's latest query).
     """
-    b, n_heads, q_len, d = query.shape
-    kv_heads = key.shape[1]
     if window:
         query, visible = query[:, :, -window:], visible[:, -window:]
         query_valid = None if query_valid is None else query_valid[:, -window:]
-        q_len = query.shape[2]
-    groups = n_heads // kv_heads
-    q = query.reshape(b, kv_heads, groups, q_len, d).float()
-    k = key.float()
-    total = key.new_zeros(b, kv_heads, key.shape[2], dtype=torch.float32)
-    for start in range(0, q_len, _QUERY_BLOCK):
-        stop = min(start + _QUERY_BLOCK, q_len)
-        logits = torch.einsum("bhgqd,bhld->bhgql", q[:, :, :, start:stop], k).mul_(scaling)
-        logits.masked_fill_(~visible[:, None, None, start:stop], float("-inf"))
-        probs = logits.softmax(dim=-1).nan_to_num_(0.0)
-        if query_valid is not None:
-            probs.mul_(query_valid[:, None, None, start:stop, None])
-        total += probs.sum(dim=(2, 3))
+    total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
+    with torch.no_grad():
+        for start, stop, probs in _probability_blocks(query, key, scaling, visible):
+            _accumulate(total, probs, query_valid, start, stop)
     return total
+
+
+def attention_with_scores(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    visible: torch.Tensor,
+    query_valid: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention output ``[b, q, H, d]`` (transformers' layout) and the column scores, from one pass.
+
+    When a forward needs scores over all its queries, computing the probabilities once and using them for
+    both the output and the scores is cheaper than running sdpa and then the scores. Differentiable in
+    the output (training); the scores are detached.
+    """
+    b, n_heads, q_len, _ = query.shape
+    v = value.float()  # [b, kv, L, dv]
+    total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
+    outs = []
+    for start, stop, probs in _probability_blocks(query, key, scaling, visible):
+        _accumulate(total, probs, query_valid, start, stop)
+        b_, kv, g, block, length = probs.shape
+        outs.append(torch.matmul(probs.view(b_, kv, g * block, length), v).view(b_, kv, g, block, -1))
+    out = torch.cat(outs, dim=3).reshape(b, n_heads, q_len, value.shape[-1])
+    return out.transpose(1, 2).contiguous().to(query.dtype), total
 
 
 def _visible_from_mask(mask: torch.Tensor | None, b: int, q_len: int, kv_len: int, device) -> torch.Tensor:
@@ -115,18 +157,26 @@ def make_attention_function(base_name: str):
         if lococo_layer.valid is not None:
             visible = _layer_visibility(lococo_layer, attention_mask, b, q_len, kv_len, query.device)
             attention_mask = _as_mask(visible, attention_mask, query.dtype)
-        out, weights = base(module, query, key, value, attention_mask, **kwargs)
         window = lococo_layer.score_request()
-        if window is not None:
-            if visible is None:
-                visible = _visible_from_mask(attention_mask, b, q_len, kv_len, query.device)
-            query_valid = None
-            if lococo_layer.valid is not None:
-                query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
-            scaling = kwargs.get("scaling") or module.head_dim**-0.5
-            with torch.no_grad(), torch.profiler.record_function("lococo.scores"):
+        dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
+        fused = window is not None and (window == 0 or window >= q_len) and not dropout
+        if not fused:
+            out, weights = base(module, query, key, value, attention_mask, **kwargs)
+        if window is None:
+            return out, weights
+        if visible is None:
+            visible = _visible_from_mask(attention_mask, b, q_len, kv_len, query.device)
+        query_valid = None
+        if lococo_layer.valid is not None:
+            query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
+        scaling = kwargs.get("scaling") or module.head_dim**-0.5
+        with torch.profiler.record_function("lococo.scores"):
+            if fused:
+                out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid)
+                weights = None
+            else:
                 scores = column_scores(query, key, scaling, visible, query_valid, window)
-            lococo_layer.record_scores(scores)
+        lococo_layer.record_scores(scores)
         return out, weights
 
     lococo_attention.__name__ = f"lococo_{base_name}"
