@@ -24,12 +24,9 @@ DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model`` etc. from the main CLI when it has them, else a minimal ``--model``."""
-    try:
-        from lococo.cli import add_model_args
-    except ImportError:
-        parser.add_argument("--model", default=None, help="model folder or hub id (default: reference model)")
-        return
+    """``--model``, ``--dtype``, ``--attn``, ``--device`` as in the main CLI."""
+    from lococo.cli import add_model_args
+
     add_model_args(parser)
 
 
@@ -41,6 +38,7 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     grid.add_argument("--segment-size", type=int, default=512, help="segment length B (default 512)")
     grid.add_argument("--heads", default=None, help="folder of trained LoCoCo heads (default: fresh, untrained heads)")
     grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     grid.add_argument(
         "--limit-docs", type=int, default=None,
         help="ppl: at most this many evaluation sequences per length; passkey: essays used as --filler essays",
@@ -96,12 +94,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    try:
-        from lococo.cli import load_model_from_args
-    except ImportError:
-        from lococo.models import load_model
+    from lococo.cli import load_model_from_args
 
-        return load_model(args.model)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     return load_model_from_args(args)
 
 
@@ -120,7 +118,7 @@ def _meta(kind: str, args: argparse.Namespace, policies: list[str]) -> dict[str,
     """Report meta: the full configuration (JSON-safe) plus versions, commit, machine, date."""
     from .report import run_meta
 
-    skip = {"_run", "eval_run", "no_progress"}
+    skip = {"_run", "eval_run", "no_progress", "threads"}
     config = {k: v for k, v in vars(args).items() if k not in skip}
     config["policy"] = policies
     return run_meta(kind, json.loads(json.dumps(config, default=str)))
