@@ -24,7 +24,7 @@ _EXPORTS = {
     "errors": ["ConfigError", "FetchError", "IncompatibleModelError", "LococoError"],
     "generation": ["generate", "make_cache", "prefill"],
     "heads": ["attach", "detach", "get_heads", "has_heads"],
-    "heads_io": ["load_heads", "save_heads", "shipped_heads"],
+    "heads_io": ["load_heads", "push_heads_to_hub", "save_heads", "shipped_heads"],
     "models": ["load_model"],
     "policies": ["Policy", "make_policy", "policy_names", "register_policy"],
 }
@@ -56,6 +56,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .errors import ConfigError, FetchError, IncompatibleModelError, LococoError  # noqa: F401
     from .generation import generate, make_cache, prefill  # noqa: F401
     from .heads import attach, detach, get_heads, has_heads  # noqa: F401
-    from .heads_io import load_heads, save_heads, shipped_heads  # noqa: F401
+    from .heads_io import load_heads, push_heads_to_hub, save_heads, shipped_heads  # noqa: F401
     from .models import load_model  # noqa: F401
     from .policies import Policy, make_policy, policy_names, register_policy  # noqa: F401

@@ -67,6 +67,21 @@ def save_heads(model: nn.Module, folder: str | Path, *, dtype: torch.dtype | Non
     return folder
 
 
+def resolve_heads(folder: str | Path) -> Path:
+    """A local heads folder, or a hub repository id (``user/name``) downloaded into the HF cache."""
+    path = Path(folder)
+    if path.exists() or str(folder).count("/") != 1 or str(folder).startswith((".", "/")):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(folder), allow_patterns=[CONFIG_NAME, WEIGHTS_NAME]))
+    except Exception as exc:  # network, auth or missing repository
+        raise LococoError(
+            f"{folder} is neither a local heads folder nor a reachable hub repository ({type(exc).__name__})"
+        ) from None
+
+
 def read_heads_config(folder: str | Path) -> tuple[LoCoCoConfig, dict]:
     """The LoCoCoConfig stored in a heads folder, and the rest of its metadata."""
     path = Path(folder) / CONFIG_NAME
@@ -77,7 +92,8 @@ def read_heads_config(folder: str | Path) -> tuple[LoCoCoConfig, dict]:
 
 
 def load_heads(model: nn.Module, folder: str | Path, *, replace: bool = False) -> LoCoCoHeads:
-    """Attach the heads saved in ``folder`` to ``model`` after checking they were made for its architecture."""
+    """Attach the heads saved in ``folder`` (or a hub repo id) to ``model`` after checking its architecture."""
+    folder = resolve_heads(folder)
     config, meta = read_heads_config(folder)
     expected = attention_layout(model).fingerprint()
     saved = meta.get("fingerprint", {})
@@ -105,6 +121,22 @@ def load_heads(model: nn.Module, folder: str | Path, *, replace: bool = False) -
         raise IncompatibleModelError(f"heads weights do not match their config: missing {missing}, unexpected {unexpected}")
     heads.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return heads
+
+
+def push_heads_to_hub(model: nn.Module, repo_id: str, *, private: bool = False, token: str | None = None,
+                      dtype: torch.dtype | None = torch.bfloat16) -> str:
+    """Save the heads attached to ``model`` and upload them to the Hugging Face hub as ``repo_id``.
+
+    Needs network access to the hub (and a token with write access); returns the repository URL.
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_heads(model, Path(tmp) / "heads", dtype=dtype)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload LoCoCo heads")
+    return str(url)
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"

@@ -43,6 +43,7 @@ class TrainConfig:
     init_heads: str | None = None
     save_dtype: str | None = "bfloat16"
     device: str = "cpu"
+    report_to: str | None = None
 
     def lococo_config(self) -> dict:
         """The LoCoCoConfig fields this recipe sets."""
@@ -59,6 +60,8 @@ class TrainConfig:
             raise ConfigError(f"lr_heads must be > 0, got {self.lr_heads}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:
             raise ConfigError(f"warmup_steps must be in [0, max_steps), got {self.warmup_steps}")
+        if self.report_to not in (None, "tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "all"):
+            raise ConfigError(f"report_to must be an accelerate tracker (tensorboard, wandb, ...), got {self.report_to!r}")
         if self.save_dtype not in (None, "float32", "bfloat16", "float16"):
             raise ConfigError(f"save_dtype must be float32, bfloat16 or float16, got {self.save_dtype!r}")
         if rows is not None:

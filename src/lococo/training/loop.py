@@ -124,8 +124,10 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     as JSONL, and the final heads to ``cfg.output_dir/heads``. Returns that folder.
     """
     cfg.validate(rows)
-    accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu")
     out_dir = Path(cfg.output_dir)
+    accelerator = accelerator or Accelerator(cpu=cfg.device == "cpu", log_with=cfg.report_to, project_dir=out_dir)
+    if cfg.report_to:
+        accelerator.init_trackers("lococo", config=json.loads(cfg.to_json()))
     torch.manual_seed(cfg.seed)
     if cfg.init_heads:
         load_heads(model, cfg.init_heads, replace=True)
@@ -185,6 +187,8 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
         if eval_rows is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             record["heldout_ppl"] = heldout_perplexity(unwrapped, eval_rows.to(accelerator.device), cfg)
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        if cfg.report_to:
+            accelerator.log(record, step=step + 1)
         if metrics:
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
@@ -196,6 +200,8 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
         save_heads(unwrapped, final, dtype=getattr(torch, cfg.save_dtype) if cfg.save_dtype else None)
         (out_dir / "train_config.json").write_text(cfg.to_json())
     accelerator.wait_for_everyone()
+    if cfg.report_to:
+        accelerator.end_training()
     if metrics:
         metrics.close()
     return final
