@@ -20,6 +20,12 @@ from ..heads_io import WEIGHTS_NAME, save_heads
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"
+TRAINABLE_NAME = "trainable.safetensors"
+
+
+def _other_trainables(model) -> dict[str, torch.Tensor]:
+    """Trainable parameters outside the heads (LoRA, embeddings, norms), by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("lococo.")}
 
 
 def _checkpoints(out_dir: Path) -> list[Path]:
@@ -51,6 +57,8 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, keep_
     tmp = Path(tempfile.mkdtemp(prefix=".tmp_step_", dir=root))
     try:
         save_heads(model, tmp / "heads")  # full precision: resume must be exact
+        save_file({n: p.detach().cpu().contiguous() for n, p in _other_trainables(model).items()},
+                  str(tmp / TRAINABLE_NAME))
         tensors, groups = _optimizer_tensors(optimizer)
         tensors["rng.torch"] = torch.get_rng_state()
         save_file(tensors, str(tmp / OPTIMIZER_NAME))
@@ -73,6 +81,10 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     heads = get_heads(model)
     weights = load_file(str(folder / "heads" / WEIGHTS_NAME))
     heads.load_state_dict(weights)
+    others = _other_trainables(model)
+    with torch.no_grad():
+        for name, value in load_file(str(folder / TRAINABLE_NAME)).items():
+            others[name].copy_(value)
     tensors = load_file(str(folder / OPTIMIZER_NAME))
     torch.set_rng_state(tensors.pop("rng.torch"))
     state: dict[int, dict[str, torch.Tensor]] = {}

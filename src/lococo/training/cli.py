@@ -24,15 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
     defaults = TrainConfig()
     for field in dataclasses.fields(TrainConfig):
-        if field.name == "device":
+        if field.name in ("device", "train_embeddings_norms"):
             continue
         flag = "--" + field.name.replace("_", "-")
         value = getattr(defaults, field.name)
         if isinstance(value, bool):
             parser.add_argument(flag, action="store_true", default=value)
         else:
-            kind = type(value) if value is not None else str
+            kind = type(value) if value is not None else (int if field.name == "extend_to" else str)
             parser.add_argument(flag, type=kind, default=value)
+    parser.add_argument("--train-embeddings-norms", dest="train_embeddings_norms", action="store_true", default=None,
+                        help="also train embeddings and norms (default: only with --extend-to, as LongLoRA)")
+    parser.add_argument("--freeze-embeddings-norms", dest="train_embeddings_norms", action="store_false",
+                        help="keep embeddings and norms frozen even with --extend-to")
 
 
 def run(args: argparse.Namespace) -> int:

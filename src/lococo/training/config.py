@@ -31,7 +31,7 @@ class TrainConfig:
     max_steps: int = 100
     lr_heads: float = 5e-2
     lr_embeddings_norms: float = 2.5e-4
-    train_embeddings_norms: bool = False
+    train_embeddings_norms: bool | None = None  # None: only when extending the context (LongLoRA)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     clip_grad: float = 1.0
@@ -43,7 +43,18 @@ class TrainConfig:
     init_heads: str | None = None
     save_dtype: str | None = "bfloat16"
     device: str = "cpu"
+    extend_to: int | None = None
+    rope_scaling: str = "linear"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lr_lora: float = 5e-5
     report_to: str | None = None
+
+    @property
+    def embeddings_norms_trainable(self) -> bool:
+        if self.train_embeddings_norms is None:
+            return self.extend_to is not None
+        return self.train_embeddings_norms
 
     def lococo_config(self) -> dict:
         """The LoCoCoConfig fields this recipe sets."""
@@ -56,6 +67,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.extend_to is not None and self.extend_to < 1:
+            raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
         if self.lr_heads <= 0:
             raise ConfigError(f"lr_heads must be > 0, got {self.lr_heads}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:

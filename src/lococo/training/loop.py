@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..attention import enable_scoring
 from ..cache import CompressedCache
 from ..config import LoCoCoConfig
+from ..extension import add_lora, apply_rope_scaling, embeddings_and_norms, save_extended
 from ..heads import attach, get_heads, has_heads
 from ..heads_io import load_heads, save_heads
 from ..policies.lococo import LoCoCoPolicy
@@ -38,13 +39,13 @@ def trainable_parameters(model, cfg: TrainConfig) -> list[dict]:
     """Freeze the model, then unfreeze the heads (and, optionally, embeddings and norms)."""
     for p in model.parameters():
         p.requires_grad_(False)
-    heads = [p for p in get_heads(model).parameters()]
+    heads = list(get_heads(model).parameters())
     groups = [{"params": heads, "lr": cfg.lr_heads, "name": "heads"}]
-    if cfg.train_embeddings_norms:
-        extra = [
-            p for n, p in model.named_parameters()
-            if not n.startswith("lococo.") and ("embed" in n or "norm" in n or "lm_head" in n)
-        ]
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    if lora:
+        groups.append({"params": lora, "lr": cfg.lr_lora, "name": "lora"})
+    if cfg.embeddings_norms_trainable:
+        extra = list(embeddings_and_norms(model).values())
         groups.append({"params": extra, "lr": cfg.lr_embeddings_norms, "name": "embeddings_norms"})
     for group in groups:
         for p in group["params"]:
@@ -129,10 +130,15 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     if cfg.report_to:
         accelerator.init_trackers("lococo", config=json.loads(cfg.to_json()))
     torch.manual_seed(cfg.seed)
+    lora_config = None
+    if cfg.extend_to:
+        apply_rope_scaling(model, cfg.extend_to, cfg.rope_scaling)
     if cfg.init_heads:
         load_heads(model, cfg.init_heads, replace=True)
     elif not has_heads(model):
         attach(model, LoCoCoConfig(**cfg.lococo_config()))
+    if cfg.extend_to:
+        lora_config = add_lora(model, cfg.lora_r, cfg.lora_alpha)
     enable_scoring(model)
     model.eval()  # the frozen model: no dropout; the heads have none
     groups = trainable_parameters(model, cfg)
@@ -195,9 +201,13 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and accelerator.is_main_process:
             save_checkpoint(out_dir, step + 1, unwrapped, optimizer, scheduler, keep_last=cfg.keep_last)
         accelerator.wait_for_everyone()
-    final = out_dir / "heads"
+    final = out_dir / ("extended" if lora_config else "heads")
     if accelerator.is_main_process:
-        save_heads(unwrapped, final, dtype=getattr(torch, cfg.save_dtype) if cfg.save_dtype else None)
+        dtype = getattr(torch, cfg.save_dtype) if cfg.save_dtype else None
+        if lora_config:
+            save_extended(unwrapped, final, lora_config=lora_config, dtype=dtype)
+        else:
+            save_heads(unwrapped, final, dtype=dtype)
         (out_dir / "train_config.json").write_text(cfg.to_json())
     accelerator.wait_for_everyone()
     if cfg.report_to:
