@@ -160,29 +160,44 @@ def perplexity(
 
 
 def plot_perplexity(records: list[dict], path: Path) -> None:
-    """Perplexity against length, and the loss per position bucket at the longest length, per policy/M."""
+    """Perplexity per policy/M (bars at the longest length, or lines against length when there are several
+    lengths), and the loss per position bucket at the longest length."""
     plt = pyplot()
-    fig, (ax_ppl, ax_bucket) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_ppl, ax_bucket) = plt.subplots(1, 2, figsize=(13, 5))
+    styles = [(c, ls) for ls in ("-", "--", ":") for c in plt.rcParams["axes.prop_cycle"].by_key()["color"]]
     series: dict[str, list[dict]] = {}
     for r in records:
         series.setdefault(series_label(r), []).append(r)
     longest = max(r["length"] for r in records)
-    for label, rows in sorted(series.items()):
-        rows = sorted(rows, key=lambda r: r["length"])
-        ax_ppl.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label)
-        last = rows[-1]
-        if last["length"] == longest:
-            buckets = last["loss_by_bucket"]
-            ax_bucket.plot(list(buckets), list(buckets.values()), marker="o", label=label)
-    ax_ppl.set_xscale("log", base=2)
-    ax_ppl.set_xlabel("sequence length (tokens)")
-    ax_ppl.set_ylabel("perplexity")
-    ax_ppl.set_title("perplexity")
+    lengths = {r["length"] for r in records}
+    at_longest = sorted((r for r in records if r["length"] == longest), key=lambda r: r["ppl"])
+    if len(lengths) == 1:
+        ax_ppl.barh([series_label(r) for r in at_longest], [r["ppl"] for r in at_longest], color="tab:blue")
+        for i, r in enumerate(at_longest):
+            ax_ppl.text(r["ppl"], i, f" {r['ppl']:.2f}", va="center", fontsize=7)
+        ax_ppl.invert_yaxis()
+        ax_ppl.set_xlabel("perplexity (lower is better)")
+        ax_ppl.set_title(f"perplexity at {longest} tokens")
+        ax_ppl.tick_params(axis="y", labelsize=7)
+    else:
+        for (label, rows), (color, style) in zip(sorted(series.items()), styles, strict=False):
+            rows = sorted(rows, key=lambda r: r["length"])
+            ax_ppl.plot([r["length"] for r in rows], [r["ppl"] for r in rows], marker="o", label=label,
+                        color=color, linestyle=style)
+        ax_ppl.set_xscale("log", base=2)
+        ax_ppl.set_xlabel("sequence length (tokens)")
+        ax_ppl.set_ylabel("perplexity")
+        ax_ppl.set_title("perplexity")
+        ax_ppl.legend(fontsize=7)
+    for r, (color, style) in zip(at_longest, styles, strict=False):
+        buckets = r["loss_by_bucket"]
+        ax_bucket.plot(list(buckets), list(buckets.values()), marker="o", label=series_label(r), color=color,
+                       linestyle=style)
     ax_bucket.set_xlabel("position of the predicted token")
     ax_bucket.set_ylabel("mean loss (nats)")
     ax_bucket.set_title(f"loss by position, length {longest}")
     ax_bucket.tick_params(axis="x", rotation=30)
-    ax_ppl.legend(fontsize=7)
+    ax_bucket.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
