@@ -5,6 +5,8 @@ so machine noise hits both alike, and the median steady-state segment time (cach
 A profiled LoCoCo run splits its time into scores, compaction (of which the conv) and the rest.
 
     python benchmarks/heads_overhead.py --mem-size 128 512 --tokens 4096 --repeats 3 --threads 1
+    python benchmarks/heads_overhead.py --mem-size 128 --head-dtype bfloat16 \
+        --output benchmarks/results/heads_overhead_bf16.json
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--head-dtype", default="float32", help="dtype of the heads (the conv runs in it)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/heads_overhead.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +61,8 @@ def main() -> None:
     ids = long_text_ids(tokenizer, args.tokens)
     records = []
     for mem in args.mem_size:
-        lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size))
+        lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
+                                                 head_dtype=args.head_dtype))
         times: dict[str, list[float]] = {"window": [], "lococo": []}
         read(model, ids[:, : 2 * args.segment_size], lococo.make_cache(model, "window", mem_size=mem), args.segment_size)
         for _ in range(args.repeats):
@@ -69,7 +73,7 @@ def main() -> None:
         breakdown = profile_breakdown(model, ids, args.segment_size)
         segments = len(segment_bounds(args.tokens, args.segment_size)) - 2
         records.append({
-            "policy": "lococo", "mem_size": mem, "segment_size": args.segment_size, "length": args.tokens,
+            "policy": "lococo", "mem_size": mem, "head_dtype": args.head_dtype, "segment_size": args.segment_size, "length": args.tokens,
             "window_segment_s": window, "lococo_segment_s": lococo_s, "overhead": lococo_s / window - 1,
             "segments_timed": len(times["lococo"]),
             "profile_s_per_segment": {k: round(v / segments, 4) for k, v in breakdown.items()},
