@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--segment-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["lococo", "plain"])
+    parser.add_argument("--plain-max-length", type=int, default=8192,
+                        help="skip plain forward+backward beyond this length (its memory grows ~1.8 GB per 1K "
+                             "tokens here, so 16K would not fit in 24 GB)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/train_memory.json"))
     parser.add_argument("--cell", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -76,9 +79,18 @@ def main() -> None:
         return
     from lococo.evaluation.report import run_meta, write_report
 
-    records = []
+    records = json.loads(args.output.read_text())["records"] if args.output.exists() else []
+    done = {(r["mode"], r["length"]) for r in records}
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cell"}
     for length in args.length:
         for mode in args.modes:
+            if (mode, length) in done:
+                continue  # resume: cells already measured by this script
+            if mode == "plain" and length > args.plain_max_length:
+                records.append({"mode": mode, "length": length, "skipped": f"longer than --plain-max-length "
+                                f"{args.plain_max_length}: would exhaust this machine's memory"})
+                write_report(args.output, run_meta("train_memory", config), records)
+                continue
             cell = dict(mode=mode, length=length, mem_size=args.mem_size, segment_size=args.segment_size,
                         threads=args.threads)
             proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(cell)], capture_output=True, text=True)
@@ -87,7 +99,6 @@ def main() -> None:
                 raise SystemExit(f"cell {cell} failed:\n{proc.stderr[-3000:]}")
             records.append(json.loads(lines[-1][len(RESULT) :]))
             print(json.dumps(records[-1]), flush=True)
-            config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "cell"}
             write_report(args.output, run_meta("train_memory", config), records)
 
 
