@@ -43,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
         from .heads_io import shipped_heads
 
         source = args.heads or shipped_heads(model, args.mem_size)
-        heads_note = f" (heads: {source})" if source else " (heads: untrained; no shipped heads for this M)"
+        heads_note = (f" (heads: {source})" if source else
+                      " (heads: UNTRAINED, no shipped heads for this M yet: expect degraded text; "
+                      "train some with `lococo train` and pass --heads DIR, or try --policy tova)")
 
     start = time.perf_counter()
     prefill(model, ids[:, :-1], cache=cache, segment_size=args.segment_size, progress=True)
