@@ -275,7 +275,7 @@ def test_compress_returns_budget_and_never_padding(name, kv_heads):
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
-        ("streaming", {"reindex_positions": True}),
+        ("streaming", {"reindex_positions": True}),  # without the model: no RoPE frequencies
         ("streaming", {"n_sink": 17}),
         ("h2o", {"heavy_ratio": 1.5}),
         ("snapkv", {"score_window": 0}),
@@ -287,3 +287,37 @@ def test_compress_returns_budget_and_never_padding(name, kv_heads):
 def test_invalid_settings_are_config_errors(name, kwargs):
     with pytest.raises(ConfigError):
         make_policy(name, mem_size=16, **kwargs)
+
+
+def test_streaming_reindex_moves_kept_keys_next_to_the_new_tokens():
+    """Re-rotated keys equal keys rotated directly at their new in-cache positions (seen - M + i)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = build_model(tiny_llama_config())
+    policy = make_policy("streaming", model=model, mem_size=8, buffer=0, n_sink=2, reindex_positions=True)
+    length, d = 20, 16
+    raw = torch.randn(1, 2, length, d)
+
+    def rotated(positions):
+        cos, sin = model.model.rotary_emb(raw, torch.as_tensor(positions)[None])
+        return apply_rotary_pos_emb(raw, raw, cos, sin)[0]
+
+    seen = 50  # the stored slots carry positions seen - length .. seen - 1
+    keys = rotated(list(range(seen - length, seen)))
+    kept, _, _ = policy.compress(keys, keys.clone(), None, None)
+    kept_idx = [0, 1, 14, 15, 16, 17, 18, 19]  # 2 sinks + 6 most recent
+    # slot i of the kept memory is raw[kept_idx[i]] rotated to position seen - 8 + i
+    for i, j in enumerate(kept_idx):
+        cos, sin = model.model.rotary_emb(raw, torch.tensor([[seen - 8 + i]]))
+        want = apply_rotary_pos_emb(raw[:, :, j : j + 1], raw[:, :, j : j + 1], cos, sin)[0]
+        assert torch.allclose(kept[:, :, i : i + 1], want, atol=1e-5), i
+
+
+def test_streaming_reindex_runs_batched_and_changes_the_result():
+    model = build_model(tiny_llama_config())
+    ids = torch.randint(0, 128, (2, 80))
+    plain = prefill(model, ids, cache=make_cache(model, "streaming", mem_size=16, buffer=4), segment_size=8)
+    cache = make_cache(model, "streaming", mem_size=16, buffer=4, reindex_positions=True)
+    moved = prefill(model, ids, cache=cache, segment_size=8)
+    assert torch.isfinite(moved.logits).all() and cache.stored_length() <= 16 + 8
+    assert not torch.allclose(plain.logits, moved.logits)

@@ -26,16 +26,17 @@ def policy_names() -> list[str]:
 
 
 def make_policy(name: str, model: nn.Module | None = None, **kwargs) -> Policy:
-    """Build the policy ``name``; ``lococo`` takes its settings from the heads attached to ``model``."""
+    """Build the policy ``name``. Policies that need the model (``lococo``: its heads; ``streaming`` with
+    ``reindex_positions``: its RoPE) take it through their ``from_model`` constructor."""
     if name not in POLICIES:
         raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(policy_names())}")
     cls = POLICIES[name]
-    factory: Callable[..., Policy] = getattr(cls, "from_model", None) or cls
+    from_model: Callable[..., Policy] | None = getattr(cls, "from_model", None)
+    if from_model is not None and model is not None:
+        return from_model(model, **kwargs)
     if name == "lococo":
-        if model is None:
-            raise ConfigError("the lococo policy needs the model its heads are attached to")
-        return factory(model, **kwargs)
-    return factory(**kwargs)
+        raise ConfigError("the lococo policy needs the model its heads are attached to")
+    return cls(**kwargs)
 
 
 def _register_builtin() -> None:

@@ -75,29 +75,65 @@ class WindowPolicy(Policy):
 class StreamingPolicy(Policy):
     """StreamingLLM: the first ``n_sink`` real tokens of each row (attention sinks) plus the most recent.
 
-    ``reindex_positions=True`` (StreamingLLM's positions counted inside the cache) is not implemented:
-    it needs the queries' positions to follow the cache and the kept keys to be re-rotated by the model's
-    RoPE. Positions here stay absolute, as for every other policy.
+    ``reindex_positions=True`` gives the kept tokens positions counted inside the cache, as the StreamingLLM
+    paper does. RoPE attention depends only on query-key distances, so instead of moving the queries the
+    kept keys are re-rotated: slot i of the M kept slots is moved to position ``seen - M + i``, right before
+    the incoming tokens; a query then sees the sinks and the window at exactly the distances StreamingLLM
+    gives them. Stored slots always carry contiguous positions, so the shift of slot ``idx`` out of ``L`` is
+    ``(L - M) + i - idx`` (padding slots are a prefix and drop out of the formula). Build it with the model
+    (``make_cache(model, "streaming", reindex_positions=True)``), which supplies the RoPE frequencies.
     """
 
     name = "streaming"
 
     def __init__(
-        self, mem_size: int = 128, buffer: int = 16, n_sink: int = 4, reindex_positions: bool = False
+        self,
+        mem_size: int = 128,
+        buffer: int = 16,
+        n_sink: int = 4,
+        reindex_positions: bool = False,
+        inv_freq: torch.Tensor | None = None,
     ) -> None:
         super().__init__(mem_size, buffer)
         _check_range("n_sink", n_sink, 0, self.mem_size)
-        if reindex_positions:
+        if reindex_positions and inv_freq is None:
             raise ConfigError(
-                "streaming: reindex_positions=True is not implemented yet (it needs positions counted inside "
-                "the cache and keys re-rotated with the model's RoPE); positions stay absolute"
+                "streaming: reindex_positions=True needs the model's RoPE frequencies; build the policy with "
+                "the model: make_cache(model, 'streaming', reindex_positions=True)"
             )
         self.n_sink = int(n_sink)
-        self.reindex_positions = False
+        self.reindex_positions = bool(reindex_positions)
+        self.inv_freq = None if inv_freq is None else inv_freq.detach().float()
+
+    @classmethod
+    def from_model(cls, model, **kwargs) -> StreamingPolicy:
+        if kwargs.get("reindex_positions"):
+            base = getattr(model, "model", model)
+            rotary = getattr(base, "rotary_emb", None)
+            if rotary is None or getattr(rotary, "rope_type", "default") == "dynamic":
+                raise ConfigError("streaming: reindex_positions needs a model with a static RoPE (rotary_emb)")
+            kwargs["inv_freq"] = rotary.inv_freq
+        return cls(**kwargs)
 
     def compress(self, keys, values, scores, valid):
         rank = recency_scores(keys[..., 0], valid).masked_fill(first_valid(valid, keys, self.n_sink), POS_INF)
-        return select(keys, values, scores, topk_in_order(rank, self.mem_size))
+        idx = topk_in_order(rank, self.mem_size)
+        kept_keys, kept_values, kept_scores = select(keys, values, scores, idx)
+        if self.reindex_positions:
+            length = keys.shape[2]
+            shift = (length - self.mem_size) + torch.arange(self.mem_size, device=idx.device) - idx
+            kept_keys = rotate_by(kept_keys, shift, self.inv_freq.to(keys.device))
+        return kept_keys, kept_values, kept_scores
+
+
+def rotate_by(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Move RoPE-rotated ``keys [b, h, n, d]`` forward by ``shift [b, h, n]`` positions (rotations compose)."""
+    angles = shift.float()[..., None] * inv_freq  # [b, h, n, d/2]
+    angles = torch.cat([angles, angles], dim=-1)
+    k = keys.float()
+    half = k.shape[-1] // 2
+    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
+    return (k * angles.cos() + rotated_half * angles.sin()).to(keys.dtype)
 
 
 @register_policy

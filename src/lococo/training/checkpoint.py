@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import LococoError
 from ..heads import get_heads
 from ..heads_io import WEIGHTS_NAME, save_heads
 
@@ -82,8 +83,11 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> int:
     weights = load_file(str(folder / "heads" / WEIGHTS_NAME))
     heads.load_state_dict(weights)
     others = _other_trainables(model)
+    path = folder / TRAINABLE_NAME
+    if others and not path.is_file():
+        raise LococoError(f"{folder} holds no {TRAINABLE_NAME}, but this run trains {len(others)} non-head tensors")
     with torch.no_grad():
-        for name, value in load_file(str(folder / TRAINABLE_NAME)).items():
+        for name, value in (load_file(str(path)) if path.is_file() else {}).items():
             others[name].copy_(value)
     tensors = load_file(str(folder / OPTIMIZER_NAME))
     torch.set_rng_state(tensors.pop("rng.torch"))
