@@ -151,6 +151,10 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     if cfg.resume and (ckpt := latest_checkpoint(out_dir)) is not None:
         start_step = load_checkpoint(ckpt, unwrapped, optimizer, scheduler)
         accelerator.print(f"resumed from {ckpt} at step {start_step}")
+        log = out_dir / "metrics.jsonl"
+        if accelerator.is_main_process and log.exists():  # drop steps logged after the checkpoint
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+            log.write_text("".join(line + "\n" for line in kept))
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.grad_accum * world * cfg.batch_size
