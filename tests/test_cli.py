@@ -104,3 +104,14 @@ def test_bench_refuses_an_unknown_policy(capsys):
 def test_train_refuses_a_bad_recipe_before_loading(capsys):
     assert cli.main(["train", "--max-steps", "0"]) == 2
     assert "max_steps must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["lococo", "full", "tova"])
+def test_generate_prepares_a_cache_for_any_policy(tiny_llama, policy):
+    from lococo.generate_cli import prepare_cache
+
+    cache = prepare_cache(tiny_llama, policy, mem_size=16, segment_size=8, heads=None)
+    assert cache.policy.name == policy
+    assert cache.policy.compresses == (policy != "full")
+    if policy == "lococo":
+        assert tiny_llama.lococo.config.mem_size == 16  # fresh heads: none are shipped for a tiny model

@@ -24,17 +24,14 @@ def prepare_cache(model, policy: str, mem_size: int, segment_size: int, heads: s
     """Attach/load heads as needed and return a fresh cache for ``policy``."""
     import lococo
 
-    if policy == "lococo":
-        if not lococo.has_heads(model):
-            folder = heads or lococo.shipped_heads(model, mem_size)
-            if folder:
-                lococo.load_heads(model, folder)
-            else:
-                lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
-        return lococo.make_cache(model, "lococo")
-    if policy == "full":
-        return lococo.make_cache(model, "full")
-    return lococo.make_cache(model, policy, mem_size=mem_size)
+    if policy == "lococo" and not lococo.has_heads(model):
+        folder = heads or lococo.shipped_heads(model, mem_size)
+        if folder:
+            lococo.load_heads(model, folder)
+        else:
+            lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
+    kwargs = {} if policy in ("lococo", "full") else {"mem_size": mem_size}
+    return lococo.make_cache(model, policy, **kwargs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
