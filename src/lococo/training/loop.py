@@ -122,7 +122,8 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     """Train LoCoCo heads of ``model`` on packed ``rows [N, n_segments * segment_size]``.
 
     Writes checkpoints under ``cfg.output_dir/checkpoints`` (atomically, last ``keep_last`` kept), metrics
-    as JSONL, and the final heads to ``cfg.output_dir/heads``. Returns that folder.
+    as JSONL, and the final heads to ``cfg.output_dir/heads`` (``cfg.output_dir/extended`` with
+    ``extend_to``: heads + LoRA adapter + RoPE scaling). Returns that folder.
     """
     cfg.validate(rows)
     out_dir = Path(cfg.output_dir)
