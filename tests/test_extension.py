@@ -98,3 +98,25 @@ def test_training_changes_only_lora_heads_and_chosen_extras(tmp_path, train_embe
     fresh = build_model(tiny_llama_config(max_position_embeddings=256))
     load_extended(fresh, final)
     assert torch.allclose(lococo.prefill(fresh, ids, segment_size=16).logits, before, atol=1e-5)
+
+
+def test_cli_extension_option_loads_the_unit_and_excludes_heads(tmp_path, monkeypatch):
+    import argparse
+
+    from lococo import cli, models
+
+    model, lora, _ = _extended()
+    ids = torch.randint(0, 128, (1, 70))
+    before = lococo.prefill(model, ids, segment_size=8).logits
+    save_extended(model, tmp_path / "ext", lora_config=lora)
+    fresh = build_model(tiny_llama_config(max_position_embeddings=256))
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: (fresh, None))
+    parser = argparse.ArgumentParser()
+    cli.add_model_args(parser, extension=True)
+    args = parser.parse_args(["--extension", str(tmp_path / "ext")])
+    loaded, _ = cli.load_model_from_args(args)
+    assert loaded.config.max_position_embeddings == 1024
+    assert torch.allclose(lococo.prefill(loaded, ids, segment_size=8).logits, before, atol=1e-6)
+    args.heads = str(tmp_path / "ext")
+    with pytest.raises(lococo.LococoError, match="not both"):
+        cli.load_model_from_args(args)

@@ -40,8 +40,12 @@ def register_command(command: Command) -> Command:
     return command
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--model``, ``--dtype``, ``--attn`` and ``--device`` (see :func:`load_model_from_args`)."""
+def add_model_args(parser: argparse.ArgumentParser, *, extension: bool = False) -> None:
+    """Add ``--model``, ``--dtype``, ``--attn``, ``--device`` (see :func:`load_model_from_args`).
+
+    ``extension=True`` also adds ``--extension DIR``: a context extension saved by ``lococo train --extend-to``
+    (RoPE scaling + LoRA + embeddings/norms + heads), applied to the model as it is loaded.
+    """
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model",
@@ -51,6 +55,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     group.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention implementation")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (a GPU if available)")
+    if extension:
+        group.add_argument(
+            "--extension",
+            default=None,
+            help="folder written by 'lococo train --extend-to' (its 'extended' folder): RoPE scaling, LoRA, "
+            "embeddings/norms and heads applied to the model; --policy lococo then uses its heads",
+        )
 
 
 def resolve_device(name: str) -> str:
@@ -73,7 +84,14 @@ def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     from lococo.models import load_model
 
     device = resolve_device(args.device)
+    extension = getattr(args, "extension", None)
+    if extension and getattr(args, "heads", None):
+        raise LococoError("give --extension or --heads, not both: an extension carries its own heads")
     model, tokenizer = load_model(args.model, dtype=args.dtype, attn_implementation=args.attn)
+    if extension:
+        from lococo.extension import load_extended
+
+        load_extended(model, extension)
     return model.to(device), tokenizer
 
 

@@ -37,7 +37,7 @@ def prepare_cache(model, policy: str, mem_size: int, segment_size: int, heads: s
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_model_args
 
-    add_model_args(parser)
+    add_model_args(parser, extension=True)
     parser.add_argument("--prompt-file", type=Path, required=True, help="text file with the prompt ('-' = stdin)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

@@ -81,9 +81,13 @@ def run_cell(cell: dict) -> dict:
     torch.manual_seed(cell.get("seed", 0))
     torch.set_num_threads(cell.get("threads") or torch.get_num_threads())
     model, tokenizer = load_model(cell.get("model"))
+    if cell.get("extension"):
+        from lococo.extension import load_extended
+
+        load_extended(model, cell["extension"])
     policy, mem_size, segment_size = cell["policy"], cell["mem_size"], cell["segment_size"]
     ids = long_text_ids(tokenizer, cell["length"])
-    with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads"),
+    with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads") or cell.get("extension"),
                        seed=cell.get("seed", 0)) as new_cache:
         measured = _measure(model, new_cache(), ids, segment_size, cell["decode_tokens"])
     return {"policy": policy, "mem_size": None if policy == "full" else mem_size, "segment_size": segment_size,
@@ -183,6 +187,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--segment-size", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
     parser.add_argument("--heads", default=None, help="folder with trained LoCoCo heads")
+    parser.add_argument("--extension", default=None, help="context extension folder (lococo train --extend-to)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=Path("reports/bench.json"))
@@ -190,19 +195,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``lococo bench``: run the grid and write JSON + Markdown + PNG next to each other."""
+    from ..errors import ConfigError
     from ..policies import policy_names
+    from .grid import expand_cells
     from .report import run_meta
 
     unknown = sorted(set(args.policy) - set(policy_names()))
     if unknown:
-        from ..errors import ConfigError
-
         raise ConfigError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(policy_names())}")
-    from .grid import expand_cells
-
+    if args.heads and args.extension:
+        raise ConfigError("give --extension or --heads, not both: an extension carries its own heads")
     cells = expand_cells(args.policy, args.mem_size, args.length, args.segment_size)
     common = dict(decode_tokens=args.decode_tokens, model=args.model, heads=args.heads, threads=args.threads,
-                  seed=args.seed)
+                  extension=args.extension, seed=args.seed)
     config = {**common, "policies": args.policy, "mem_sizes": args.mem_size, "lengths": args.length,
               "segment_size": args.segment_size}
     records = run_bench_grid(cells, args.output, run_meta("bench", config), common)

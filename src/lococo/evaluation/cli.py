@@ -24,10 +24,10 @@ DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    """``--model``, ``--dtype``, ``--attn``, ``--device`` as in the main CLI."""
+    """``--model``, ``--dtype``, ``--attn``, ``--device``, ``--extension`` as in the main CLI."""
     from lococo.cli import add_model_args
 
-    add_model_args(parser)
+    add_model_args(parser, extension=True)
 
 
 def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
@@ -138,7 +138,7 @@ def _run_grid(
     cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
     records = run_grid(
         cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot,
-        heads_dir=args.heads, seed=args.seed, extra_keys=list(extra_axes or {}), desc=kind,
+        heads_dir=args.heads or args.extension, seed=args.seed, extra_keys=list(extra_axes or {}), desc=kind,
     )
     print(f"wrote {len(records)} records to {args.output} (+ .md, .png)")
     return 0
