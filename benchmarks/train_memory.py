@@ -7,6 +7,12 @@ the same head-sized budget are irrelevant here, so the model's norms are made tr
 full backward). Peak RSS is sampled during the step; the model load is outside the window.
 
     python benchmarks/train_memory.py --length 4096 8192 16384 --threads 1
+
+With ``--extend-to N`` the LoCoCo cells train as ``lococo train --extend-to N`` does: RoPE interpolation to N
+tokens, LoRA on q/k/v/o, embeddings and norms trainable, plus the heads (context extension, issue #7):
+
+    python benchmarks/train_memory.py --extend-to 32768 --mem-size 512 --modes lococo --dtype bfloat16 \
+        --length 8192 16384 32768 --output benchmarks/results/extension_train_memory.json
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import torch
 RESULT = "TRAIN_MEMORY_RESULT "
 
 
-def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: int) -> dict:
+def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: int,
+             extend_to: int | None = None, dtype: str = "float32") -> dict:
     import lococo
     from lococo.data import long_text_ids
     from lococo.evaluation.bench import RssSampler
@@ -32,15 +39,22 @@ def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: 
     from lococo.training.loop import sequence_loss, trainable_parameters
 
     torch.set_num_threads(threads)
-    model, tokenizer = lococo.load_model()
+    model, tokenizer = lococo.load_model(dtype=dtype)
     ids = long_text_ids(tokenizer, length, split="train")
     with torch.no_grad():
         model(input_ids=ids[:, :16])  # page the memory-mapped weights in before measuring
     if mode == "lococo":
         from accelerate import Accelerator
 
-        cfg = TrainConfig(mem_size=mem_size, segment_size=segment_size, n_segments=length // segment_size)
+        from lococo.extension import add_lora, apply_rope_scaling
+
+        cfg = TrainConfig(mem_size=mem_size, segment_size=segment_size, n_segments=length // segment_size,
+                          extend_to=extend_to)
+        if extend_to:
+            apply_rope_scaling(model, extend_to, cfg.rope_scaling)
         lococo.attach(model, lococo.LoCoCoConfig(**cfg.lococo_config()))
+        if extend_to:
+            add_lora(model, cfg.lora_r, cfg.lora_alpha)
         lococo.enable_scoring(model)
         trainable_parameters(model, cfg)
         accelerator = Accelerator(cpu=True)
@@ -56,7 +70,8 @@ def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: 
             model(input_ids=ids, labels=ids).loss.backward()
         seconds = time.perf_counter() - t0
     return {"mode": mode, "length": length, "mem_size": mem_size if mode == "lococo" else None,
-            "segment_size": segment_size if mode == "lococo" else None, "tokens_per_s": length / seconds,
+            "segment_size": segment_size if mode == "lococo" else None, "extend_to": extend_to,
+            "dtype": dtype, "tokens_per_s": length / seconds,
             "peak_rss_mb": sampler.peak / 2**20, "peak_rss_growth_mb": (sampler.peak - before) / 2**20,
             "threads": threads}
 
@@ -68,6 +83,9 @@ def main() -> None:
     parser.add_argument("--segment-size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--modes", nargs="+", default=["lococo", "plain"])
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="model dtype")
+    parser.add_argument("--extend-to", type=int, default=None,
+                        help="LoCoCo cells train a context extension to this many tokens (RoPE + LoRA + heads)")
     parser.add_argument("--plain-max-length", type=int, default=8192,
                         help="skip plain forward+backward beyond this length (its memory grows ~1.8 GB per 1K "
                              "tokens here, so 16K would not fit in 24 GB)")
@@ -92,7 +110,8 @@ def main() -> None:
                 write_report(args.output, run_meta("train_memory", config), records)
                 continue
             cell = dict(mode=mode, length=length, mem_size=args.mem_size, segment_size=args.segment_size,
-                        threads=args.threads)
+                        threads=args.threads, extend_to=args.extend_to,
+                        dtype=args.dtype)
             proc = subprocess.run([sys.executable, __file__, "--cell", json.dumps(cell)], capture_output=True, text=True)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT)]
             if not lines:
