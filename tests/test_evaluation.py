@@ -131,6 +131,27 @@ def test_heads_dir_loads_trained_heads(tiny_llama, tmp_path):
     assert not lococo.has_heads(tiny_llama)
 
 
+def test_several_heads_folders_each_cell_takes_its_mem_size(tiny_llama, tmp_path):
+    folders = []
+    for mem in (16, 32):
+        lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=mem, segment_size=32))
+        folders.append(lococo.save_heads(tiny_llama, tmp_path / f"m{mem}"))
+        lococo.detach(tiny_llama)
+    for mem in (32, 16):
+        with policy_caches(tiny_llama, "lococo", mem, 32, heads_dir=folders) as new_cache:
+            assert lococo.get_heads(tiny_llama).config.mem_size == mem
+            assert new_cache().policy.mem_size == mem
+    with pytest.raises(ConfigError, match=r"mem_size=64 .*found .*mem_size=16"), policy_caches(
+        tiny_llama, "lococo", 64, 32, heads_dir=folders
+    ):
+        pass
+    with pytest.raises(ConfigError, match="no trained heads"), policy_caches(
+        tiny_llama, "lococo", 16, 32, heads_dir=["shipped"]  # lococo ships nothing for tiny models
+    ):
+        pass
+    assert not lococo.has_heads(tiny_llama)
+
+
 def test_grid_writes_reports_and_resumes(tiny_llama, tmp_path):
     output = tmp_path / "ppl.json"
     cells = expand_cells(["full", "window", "lococo"], [16], [64, 96], 32)

@@ -186,7 +186,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mem-size", type=int, nargs="+", default=[128, 512])
     parser.add_argument("--segment-size", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=32)
-    parser.add_argument("--heads", default=None, help="folder with trained LoCoCo heads")
+    parser.add_argument("--heads", nargs="+", default=None,
+                        help="trained LoCoCo heads, one folder per --mem-size, or 'shipped' (see lococo eval)")
     parser.add_argument("--extension", default=None, help="context extension folder (lococo train --extend-to)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per cell (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)

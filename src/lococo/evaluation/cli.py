@@ -36,7 +36,11 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     grid.add_argument("--policy", nargs="+", default=None, help="policies to evaluate (default: every policy)")
     grid.add_argument("--mem-size", type=int, nargs="+", default=DEFAULT_MEM_SIZES, help="memory slots M (default 128 512)")
     grid.add_argument("--segment-size", type=int, default=512, help="segment length B (default 512)")
-    grid.add_argument("--heads", default=None, help="folder of trained LoCoCo heads (default: fresh, untrained heads)")
+    grid.add_argument(
+        "--heads", nargs="+", default=None,
+        help="trained LoCoCo heads: folders or hub ids, one per --mem-size (each cell takes the one trained with "
+        "its M), or 'shipped' for lococo's own heads for the reference model (default: fresh, untrained heads)",
+    )
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     grid.add_argument(

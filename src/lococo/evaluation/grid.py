@@ -72,18 +72,29 @@ def cell_key(cell: dict[str, Any], extra_keys: Sequence[str] = ()) -> tuple:
     return tuple(cell.get(k) for k in (*CELL_KEYS, *extra_keys))
 
 
-def _load_heads(model: nn.Module, heads_dir: str | Path, mem_size: int) -> None:
-    """Load trained heads with ``lococo.load_heads`` and check their memory size."""
-    import lococo
+def heads_for(model: nn.Module, heads: str | Path | Sequence[str | Path], mem_size: int) -> Path:
+    """The heads folder among ``heads`` trained with ``mem_size`` (``"shipped"``: lococo's own, if any).
 
-    lococo.load_heads(model, heads_dir)
-    loaded = lococo.get_heads(model).config
-    if loaded.mem_size != mem_size:
-        lococo.detach(model)
-        raise ConfigError(
-            f"heads in {heads_dir} were trained with mem_size={loaded.mem_size}, but the cell asks for "
-            f"mem_size={mem_size}; pass --mem-size {loaded.mem_size}"
-        )
+    ``heads`` is one folder (or hub id) or several; a cell at M slots uses the one whose config says
+    ``mem_size=M``, so one grid can evaluate trained heads at several memory sizes.
+    """
+    from ..heads_io import read_heads_config, resolve_heads, shipped_heads
+
+    folders = [heads] if isinstance(heads, (str, Path)) else list(heads)
+    found = []
+    for folder in folders:
+        path = shipped_heads(model, mem_size) if str(folder) == "shipped" else resolve_heads(folder)
+        if path is None:
+            continue
+        config, _ = read_heads_config(path)
+        if config.mem_size == mem_size:
+            return path
+        found.append(f"{folder} (mem_size={config.mem_size})")
+    raise ConfigError(
+        f"no trained heads for mem_size={mem_size} in --heads {' '.join(map(str, folders))}"
+        + (f": found {', '.join(found)}" if found else "")
+        + f"; pass heads trained with M={mem_size} or drop {mem_size} from --mem-size"
+    )
 
 
 @contextmanager
@@ -93,13 +104,14 @@ def policy_caches(
     mem_size: int | None,
     segment_size: int,
     *,
-    heads_dir: str | Path | None = None,
+    heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
 ) -> Iterator[CacheFactory]:
     """Prepare ``model`` for ``policy`` and yield a function returning fresh caches for it.
 
     ``lococo`` attaches fresh heads ``LoCoCoConfig(mem_size, segment_size)`` (initialised from ``seed``)
-    or, with ``heads_dir``, loads trained ones; they are detached on exit, leaving the model unchanged.
+    or, with ``heads_dir`` (one folder or several, see :func:`heads_for`), loads trained ones; they are
+    detached on exit, leaving the model unchanged.
     ``full`` ignores ``mem_size``; ``random`` is seeded with ``seed``. Heads already attached to the model
     before the call are kept aside and put back on exit.
     """
@@ -110,8 +122,8 @@ def policy_caches(
     previous = lococo.detach(model) if lococo.has_heads(model) else None
     try:
         if policy == "lococo":
-            if heads_dir is not None:
-                _load_heads(model, heads_dir, mem_size)
+            if heads_dir:
+                lococo.load_heads(model, heads_for(model, heads_dir, mem_size))
             else:
                 torch.manual_seed(seed)
                 lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
@@ -146,7 +158,7 @@ def run_grid(
     meta: dict[str, Any],
     *,
     plot: PlotFn | None = None,
-    heads_dir: str | Path | None = None,
+    heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
     extra_keys: Sequence[str] = (),
     desc: str = "grid",
