@@ -1,37 +1,48 @@
 #!/usr/bin/env bash
-# Reproduce the evaluation reports on the offline reference model (fp32, CPU).
+# Reproduce the evaluation reports on the offline reference model (CPU).
 #
-#   bash reports/run_reports.sh            # perplexity and passkey
-#   bash reports/run_reports.sh ppl        # only perplexity
-#   bash reports/run_reports.sh passkey    # only passkey
+#   bash reports/run_reports.sh ppl           # perplexity at 8K, every policy, untrained LoCoCo heads  ~30 min
+#   bash reports/run_reports.sh ppl-trained   # perplexity at 8K of the shipped (trained) heads          ~3 min
+#   bash reports/run_reports.sh passkey       # passkey retrieval up to 8K, shipped heads                ~40 min
+#   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
+#   bash reports/run_reports.sh all
 #
-# Both grids are resumable: rerun the same command after an interruption and finished cells are skipped.
-# HEADS=DIR evaluates trained LoCoCo heads (default: fresh, untrained heads). DEVICE=cuda for a GPU.
-# THREADS=N sets torch's CPU threads (default 1, so two reports can run side by side on 2 cores).
-# The committed reports were made with the settings below, chosen for a 2-core CPU budget:
-#   ppl      one 8K-token held-out sequence (the first essays of the held-out split) per cell, 19 cells   ~30 min
-#   passkey  4K tokens, needle at depths 0.25 and 0.75, 2 keys, M = 128, 10 cells                       ~15 min
-# Larger grids (more sequences, lengths up to 8K+, 5 depths x 5 keys) are the same commands with more values.
+# Every grid is resumable: rerun the same command after an interruption and finished cells are skipped.
+# DEVICE=cuda for a GPU. THREADS=N sets torch's CPU threads (default 1, so two reports can run side by side
+# on 2 cores). The settings below were chosen for a 2-core CPU budget:
+#   ppl      one 8K-token held-out sequence (the first essays of the held-out split) per cell, fp32
+#   passkey  2K and 8K tokens, needle at depths 0.25 and 0.75, 2 keys per cell, M in {128, 512}, bf16;
+#            random and meanpool left out (they score ~2x the full cache's perplexity at 8K)
+#   bench    4K, 16K and 32K tokens, fp32, one fresh process per cell (the full cache and LoCoCo at
+#            M = 512 are in benchmarks/results/core_memory_speed.*)
+# Larger grids (more sequences, more lengths, 5 depths x 5 keys) are the same commands with more values.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHAT="${1:-all}"
 DEVICE="${DEVICE:-cpu}"
 THREADS="${THREADS:-1}"
-HEADS_ARGS=()
-if [[ -n "${HEADS:-}" ]]; then
-    HEADS_ARGS=(--heads "$HEADS")
-fi
+RUN=(--device "$DEVICE" --threads "$THREADS" --seed 0 --no-progress)
 
 if [[ "$WHAT" == all || "$WHAT" == ppl ]]; then
-    # Perplexity at 8K tokens read in 512-token segments, every policy, M in {128, 512}, bundled held-out split.
-    lococo eval ppl --length 8192 --segment-size 512 --mem-size 128 512 --limit-docs 1 --no-progress \
-        --device "$DEVICE" --threads "$THREADS" "${HEADS_ARGS[@]}" --seed 0 --output reports/ppl.json
+    # Perplexity at 8K tokens read in 512-token segments, every policy, M in {128, 512}, untrained LoCoCo heads.
+    lococo eval ppl --length 8192 --segment-size 512 --mem-size 128 512 --limit-docs 1 "${RUN[@]}" \
+        --output reports/ppl.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == ppl-trained ]]; then
+    # The same sequence with the heads shipped in src/lococo/pretrained/ (reports/training/).
+    lococo eval ppl --policy lococo --heads shipped --length 8192 --segment-size 512 --mem-size 128 512 \
+        --limit-docs 1 "${RUN[@]}" --output reports/ppl_trained.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == passkey ]]; then
-    # Passkey retrieval at 4K tokens, every policy, M = 128.
-    lococo eval passkey --length 4096 --depth 0.25 0.75 --trials 2 --segment-size 512 --mem-size 128 \
-        --no-progress --device "$DEVICE" --threads "$THREADS" "${HEADS_ARGS[@]}" --seed 0 \
-        --output reports/passkey.json
+    lococo eval passkey --dtype bfloat16 --length 2048 8192 --depth 0.25 0.75 --trials 2 --segment-size 512 \
+        --mem-size 128 512 --policy full window streaming h2o h2o-last tova snapkv lococo --heads shipped \
+        "${RUN[@]}" --output reports/passkey.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == bench ]]; then
+    lococo bench --length 4096 16384 32768 --policy window streaming h2o h2o-last tova snapkv random meanpool \
+        lococo --mem-size 128 --segment-size 512 --decode-tokens 32 --threads "$THREADS" --output reports/bench.json
 fi
