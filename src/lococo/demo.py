@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.policy == "lococo":
         from .heads_io import shipped_heads
 
-        source = args.heads or shipped_heads(model, args.mem_size)
+        shipped = None if args.heads else shipped_heads(model, args.mem_size)
+        source = args.heads or (shipped and f"trained, shipped with lococo as {shipped.name}")
         heads_note = (f" (heads: {source})" if source else
                       " (heads: UNTRAINED, no shipped heads for this M yet: expect degraded text; "
                       "train some with `lococo train` and pass --heads DIR, or try --policy tova)")
