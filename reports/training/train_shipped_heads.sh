@@ -3,7 +3,8 @@
 #
 #   bash reports/training/train_shipped_heads.sh m128     # ~65 min on 1 CPU thread (bf16)
 #   bash reports/training/train_shipped_heads.sh m512     # ~60 min on 1 CPU thread (bf16)
-#   bash reports/training/train_shipped_heads.sh ship     # copy the final heads into the package + curves
+#   bash reports/training/train_shipped_heads.sh ship m128   # copy the final heads into the package,
+#   bash reports/training/train_shipped_heads.sh ship m512   # with the training log and curve
 #
 # Both runs resume from their last checkpoint when rerun (--resume). They ran side by side, one thread each.
 # Training split of the bundled corpora only; sequences of 16 x 512 = 8K tokens (as long as the evaluation);
@@ -25,14 +26,16 @@ case "${1:-}" in
         # CPU time for the context-extension run; the learning rate then decays to 0 at step 30.
         lococo train --mem-size 512 --max-steps 30 --lambda-init 0.2 "${COMMON[@]}" --output-dir runs/m512 ;;
     ship)
-        for run in m128b:smollm2-135m-m128 m512:smollm2-135m-m512; do
-            src="runs/${run%%:*}"; dst="src/lococo/pretrained/${run##*:}"
-            rm -rf "$dst"; mkdir -p "$(dirname "$dst")"; cp -r "$src/heads" "$dst"
-            mkdir -p "reports/training/${run%%:*}"
-            cp "$src/metrics.jsonl" "reports/training/${run%%:*}/metrics.jsonl"
-            python -c "from lococo.training.curves import plot_metrics as p; import sys; p(sys.argv[1], sys.argv[2])" \
-                "$src/metrics.jsonl" "reports/training/${run%%:*}/curve.png"
-        done ;;
+        case "${2:-}" in
+            m128) src=runs/m128b ;;
+            m512) src=runs/m512 ;;
+            *) echo "usage: $0 ship m128|m512" >&2; exit 2 ;;
+        esac
+        dst="src/lococo/pretrained/smollm2-135m-$2"; log="reports/training/$2"
+        rm -rf "$dst"; mkdir -p "$(dirname "$dst")" "$log"; cp -r "$src/heads" "$dst"
+        cp "$src/metrics.jsonl" "$log/metrics.jsonl"
+        python -c "import sys; from lococo.training.curves import plot_metrics as p; p(sys.argv[1], sys.argv[2])" \
+            "$log/metrics.jsonl" "$log/curve.png" ;;
     *)
-        echo "usage: $0 m128|m512|ship" >&2; exit 2 ;;
+        echo "usage: $0 m128|m512|ship m128|m512" >&2; exit 2 ;;
 esac
