@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+SMOOTH = 5
+"""Steps in the moving mean of the training loss drawn over the per-step values."""
+
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The records of a ``metrics.jsonl`` written by the training loop."""
@@ -19,7 +22,11 @@ def plot_metrics(path: str | Path, png: str | Path, title: str = "LoCoCo heads t
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     tokens = [r["tokens_seen"] for r in records]
-    ax.plot(tokens, [r["loss"] for r in records], marker=".", label="training loss (per step)")
+    losses = [r["loss"] for r in records]
+    ax.plot(tokens, losses, marker=".", alpha=0.4, label="training loss (per step)")
+    if len(losses) >= 2 * SMOOTH:  # every step sees other documents: show the trend too
+        mean = [sum(losses[i - SMOOTH + 1 : i + 1]) / SMOOTH for i in range(SMOOTH - 1, len(losses))]
+        ax.plot(tokens[SMOOTH - 1 :], mean, color="tab:blue", label=f"mean of the last {SMOOTH} steps")
     ax.set_xlabel("tokens trained")
     ax.set_ylabel("next-token loss")
     held = [(r["tokens_seen"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
