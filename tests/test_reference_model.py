@@ -37,3 +37,18 @@ def test_long_prompt_keeps_a_fixed_budget_and_generates(model_with_heads):
     assert cache.get_seq_length() == 1536 + 7
     assert cache.stored_length() <= 128 + 16 + 1
     assert all(layer.compressions > 0 for layer in cache.compressed_layers)
+
+
+@pytest.mark.parametrize("mem_size", [128, 512])
+def test_shipped_heads_match_the_reference_model(reference_model, mem_size):
+    model, _ = reference_model
+    folder = lococo.shipped_heads(model, mem_size)
+    assert folder is not None and folder.name == f"smollm2-135m-m{mem_size}"
+    heads = lococo.load_heads(model, folder)  # checks the architecture fingerprint
+    try:
+        assert heads.config.mem_size == mem_size
+        lams = torch.stack([h.lam.detach().float() for h in heads.heads.values()])
+        assert torch.isfinite(lams).all() and not torch.allclose(lams, torch.full_like(lams, 0.5))  # trained
+    finally:
+        lococo.detach(model)
+    assert lococo.shipped_heads(model, 64) is None
