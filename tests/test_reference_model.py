@@ -1,5 +1,7 @@
 """Integration: LoCoCo on the offline reference model (SmolLM2-135M-Instruct, Llama with GQA)."""
 
+import json
+
 import pytest
 import torch
 
@@ -44,6 +46,8 @@ def test_shipped_heads_match_the_reference_model(reference_model, mem_size):
     model, _ = reference_model
     folder = lococo.shipped_heads(model, mem_size)
     assert folder is not None and folder.name == f"smollm2-135m-m{mem_size}"
+    meta = json.loads((folder / "lococo_config.json").read_text())
+    assert meta["base_model"]["name_or_path"] == "SmolLM2-135M-Instruct"  # a name, not a cache path
     heads = lococo.load_heads(model, folder)  # checks the architecture fingerprint
     try:
         assert heads.config.mem_size == mem_size

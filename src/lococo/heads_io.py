@@ -28,9 +28,16 @@ WEIGHTS_NAME = "lococo_heads.safetensors"
 
 
 def _base_identity(model: nn.Module) -> dict:
+    """The base model's name and revision; the reference model by its name, not this machine's cache path."""
+    from ._fetch import cache_dir
+    from .models import REFERENCE_MODEL
+
     config = model.config
+    name = getattr(config, "_name_or_path", None)
+    if name and Path(name) == cache_dir() / "models" / REFERENCE_MODEL:
+        name = REFERENCE_MODEL
     return {
-        "name_or_path": getattr(config, "_name_or_path", None),
+        "name_or_path": name,
         "revision": getattr(config, "_commit_hash", None),
     }
 
