@@ -8,6 +8,7 @@
 #   bash reports/extension/run_extension.sh eval-base       # held-out perplexity at 8K / 16K / 32K of the
 #                                                           # base model: full cache and shipped heads, ~20 min
 #   bash reports/extension/run_extension.sh eval-extended   # the same for the extended model, ~10 min
+#   bash reports/extension/run_extension.sh eval-untrained-yarn  # YaRN x4 + shipped heads, no training, ~10 min
 #
 # Every step resumes (--resume; the grids skip finished cells). bf16 model on 1 CPU thread throughout.
 # The heads start from the shipped M = 512 heads (trained on the base model, reports/training/m512);
@@ -15,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=reports/extension
-EVAL=(--dtype bfloat16 --length 8192 16384 32768 --segment-size 512 --limit-docs 1 --threads 1 --no-progress
+EVAL=(--dtype bfloat16 --length 8192 16384 32768 --segment-size 512 --limit-docs 1 --threads "${THREADS:-1}" --no-progress
       --seed 0)
 
 case "${1:-}" in
@@ -34,6 +35,10 @@ case "${1:-}" in
         # the extended model (RoPE x4 + LoRA + embeddings/norms) with its own M = 512 heads
         lococo eval ppl --policy lococo --mem-size 512 --extension runs/ext32k/extended "${EVAL[@]}" \
             --output "$OUT/ppl_extended.json" ;;
+    eval-untrained-yarn)
+        python reports/extension/make_untrained_extension.py --rope-scaling yarn --output runs/yarn32k_untrained
+        lococo eval ppl --policy lococo --mem-size 512 --extension runs/yarn32k_untrained "${EVAL[@]}" \
+            --output "$OUT/ppl_untrained_yarn.json" ;;
     *)
-        echo "usage: $0 train|memory|eval-base|eval-extended" >&2; exit 2 ;;
+        echo "usage: $0 train|memory|eval-base|eval-extended|eval-untrained-yarn" >&2; exit 2 ;;
 esac
