@@ -36,7 +36,7 @@ def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: 
     from lococo.data import long_text_ids
     from lococo.evaluation.bench import RssSampler
     from lococo.training.config import TrainConfig
-    from lococo.training.loop import sequence_loss, trainable_parameters
+    from lococo.training.loop import prepare_model, sequence_loss, trainable_parameters
 
     torch.set_num_threads(threads)
     model, tokenizer = lococo.load_model(dtype=dtype)
@@ -46,16 +46,9 @@ def one_cell(mode: str, length: int, mem_size: int, segment_size: int, threads: 
     if mode == "lococo":
         from accelerate import Accelerator
 
-        from lococo.extension import add_lora, apply_rope_scaling
-
         cfg = TrainConfig(mem_size=mem_size, segment_size=segment_size, n_segments=length // segment_size,
                           extend_to=extend_to)
-        if extend_to:
-            apply_rope_scaling(model, extend_to, cfg.rope_scaling)
-        lococo.attach(model, lococo.LoCoCoConfig(**cfg.lococo_config()))
-        if extend_to:
-            add_lora(model, cfg.lora_r, cfg.lora_alpha)
-        lococo.enable_scoring(model)
+        prepare_model(model, cfg)
         trainable_parameters(model, cfg)
         accelerator = Accelerator(cpu=True)
     else:

@@ -19,6 +19,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from accelerate import Accelerator
@@ -33,6 +34,9 @@ from ..heads_io import load_heads, save_heads
 from ..policies.lococo import LoCoCoPolicy
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 
 def trainable_parameters(model, cfg: TrainConfig) -> list[dict]:
@@ -51,6 +55,25 @@ def trainable_parameters(model, cfg: TrainConfig) -> list[dict]:
         for p in group["params"]:
             p.requires_grad_(True)
     return groups
+
+
+def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
+    """Set ``model`` up for training as ``cfg`` says: RoPE scaling (``extend_to``), heads (loaded from
+    ``init_heads``, the ones attached, or fresh), LoRA (``extend_to``), attention scores, eval mode.
+
+    Returns the LoRA config when extending the context, else None. Parameters stay as they were; see
+    :func:`trainable_parameters`.
+    """
+    if cfg.extend_to:
+        apply_rope_scaling(model, cfg.extend_to, cfg.rope_scaling)
+    if cfg.init_heads:
+        load_heads(model, cfg.init_heads, replace=True)
+    elif not has_heads(model):
+        attach(model, LoCoCoConfig(**cfg.lococo_config()))
+    lora_config = add_lora(model, cfg.lora_r, cfg.lora_alpha) if cfg.extend_to else None
+    enable_scoring(model)
+    model.eval()  # the frozen model: no dropout; the heads have none
+    return lora_config
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -131,17 +154,7 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     if cfg.report_to:
         accelerator.init_trackers("lococo", config=json.loads(cfg.to_json()))
     torch.manual_seed(cfg.seed)
-    lora_config = None
-    if cfg.extend_to:
-        apply_rope_scaling(model, cfg.extend_to, cfg.rope_scaling)
-    if cfg.init_heads:
-        load_heads(model, cfg.init_heads, replace=True)
-    elif not has_heads(model):
-        attach(model, LoCoCoConfig(**cfg.lococo_config()))
-    if cfg.extend_to:
-        lora_config = add_lora(model, cfg.lora_r, cfg.lora_alpha)
-    enable_scoring(model)
-    model.eval()  # the frozen model: no dropout; the heads have none
+    lora_config = prepare_model(model, cfg)
     groups = trainable_parameters(model, cfg)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
