@@ -79,14 +79,19 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def check_heads_or_extension(heads: Any, extension: str | None) -> None:
+    """Refuse ``--heads`` together with ``--extension``: an extension carries its own heads."""
+    if heads and extension:
+        raise LococoError("give --extension or --heads, not both: an extension carries its own heads")
+
+
 def load_model_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` as chosen by the options of :func:`add_model_args`."""
     from lococo.models import load_model
 
     device = resolve_device(args.device)
     extension = getattr(args, "extension", None)
-    if extension and getattr(args, "heads", None):
-        raise LococoError("give --extension or --heads, not both: an extension carries its own heads")
+    check_heads_or_extension(getattr(args, "heads", None), extension)
     model, tokenizer = load_model(args.model, dtype=args.dtype, attn_implementation=args.attn)
     if extension:
         from lococo.extension import load_extended

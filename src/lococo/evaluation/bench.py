@@ -196,6 +196,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``lococo bench``: run the grid and write JSON + Markdown + PNG next to each other."""
+    from ..cli import check_heads_or_extension
     from ..errors import ConfigError
     from ..policies import policy_names
     from .grid import expand_cells
@@ -204,8 +205,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.policy) - set(policy_names()))
     if unknown:
         raise ConfigError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(policy_names())}")
-    if args.heads and args.extension:
-        raise ConfigError("give --extension or --heads, not both: an extension carries its own heads")
+    check_heads_or_extension(args.heads, args.extension)
     cells = expand_cells(args.policy, args.mem_size, args.length, args.segment_size)
     common = dict(decode_tokens=args.decode_tokens, model=args.model, heads=args.heads, threads=args.threads,
                   extension=args.extension, seed=args.seed)
