@@ -9,7 +9,7 @@ def test_defaults_follow_the_paper():
     cfg = LoCoCoConfig()
     assert (cfg.mem_size, cfg.segment_size, cfg.kernel_size, cfg.buffer) == (128, 512, 21, 16)
     assert cfg.n_heavy == 64 and cfg.n_fused == 64
-    assert cfg.lambda_init == 0.5 and cfg.clamp_lambda is False and cfg.score_mode == "last"
+    assert cfg.lambda_init == 0.5 and cfg.score_mode == "last"
 
 
 @given(
@@ -51,3 +51,14 @@ def test_save_and_load(tmp_path):
     cfg = LoCoCoConfig(mem_size=64, buffer=8)
     cfg.save(tmp_path / "c.json")
     assert LoCoCoConfig.load(tmp_path / "c.json") == cfg
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", True])
+def test_lambda_init_outside_the_unit_interval_is_refused(bad):
+    with pytest.raises(ConfigError, match="lambda_init must be a number in \\[0, 1\\]"):
+        LoCoCoConfig(lambda_init=bad)
+
+
+def test_lococo_0_1_configs_with_clamp_lambda_still_load():
+    cfg = LoCoCoConfig.from_dict({"mem_size": 64, "clamp_lambda": False})
+    assert cfg.mem_size == 64 and "clamp_lambda" not in cfg.to_dict()

@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
@@ -98,3 +100,46 @@ def test_local_window_is_always_kept():
     k, _, _ = lococo_compress(head, cfg.n_heavy, 2, keys, keys, scores, None)
     kept = k[0, 0, :, 0].tolist()
     assert 28.0 in kept and 29.0 in kept
+
+
+@given(logit=st.floats(min_value=-1e4, max_value=1e4, allow_nan=False))
+@settings(max_examples=50, deadline=None)
+def test_lambda_stays_in_unit_interval_whatever_the_parameter(logit):
+    head, cfg = _head(lam=0.5)
+    head.lam_logit.data.fill_(logit)
+    keys, values = torch.randn(1, 2, 20, 4), torch.rand(1, 2, 20, 4) + 1.0
+    lam = float(head.blend_weight().detach())
+    assert 0.0 <= lam <= 1.0
+    # fused value slots are convex combinations: never outside the range of the values they mix
+    _, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
+    assert v.min() >= values.min() - 1e-5 and v.max() <= values.max() + 1e-5
+
+
+def test_lambda_gradient_survives_where_a_clamp_would_kill_it():
+    head, cfg = _head(lam=0.5)
+    head.lam_logit.data.fill_(-3.0)  # lambda ~ 0.047: near the edge, still learning
+    keys, values = torch.randn(1, 2, 20, 4), torch.randn(1, 2, 20, 4)
+    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
+    (k.square().sum() + v.square().sum()).backward()
+    assert head.lam_logit.grad is not None and head.lam_logit.grad.abs() > 0
+
+
+@pytest.mark.parametrize("init", [0.0, 0.2, 1.0])
+def test_lambda_init_is_the_initial_blend(init):
+    head, _ = _head(lam=init)
+    assert float(head.lam.detach()) == pytest.approx(init, abs=1e-7)
+
+
+@pytest.mark.parametrize("raw, expected", [(-0.7, 0.0), (0.3, 0.3), (1.8, 1.0)])
+def test_lococo_0_1_state_dicts_load_with_lambda_clamped_into_range(raw, expected):
+    head, _ = _head(lam=0.5)
+    state = {k: v for k, v in head.state_dict().items() if k != "lam_logit"}
+    state["lam"] = torch.tensor(raw)
+    fresh, _ = _head(lam=0.5)
+    if 0.0 <= raw <= 1.0:
+        fresh.load_state_dict(state)
+    else:
+        with pytest.warns(UserWarning, match="outside \\[0, 1\\].*save_heads"):
+            fresh.load_state_dict(state)
+    assert float(fresh.lam.detach()) == pytest.approx(expected, abs=2e-4)
+    assert fresh.lam_logit.isfinite()  # it can still train

@@ -17,6 +17,8 @@ from .errors import ConfigError
 SCORE_MODES = ("last", "accumulated")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
+LEGACY_FIELDS = ("clamp_lambda",)
+"""Fields of older configs that are read and ignored (lococo 0.1: lambda is now in [0, 1] by construction)."""
 
 
 @dataclass
@@ -31,8 +33,9 @@ class LoCoCoConfig:
         n_conv_layers: number of convolution layers (activation after each).
         expand: hidden width multiplier of the intermediate conv layers (hidden = C * expand).
         activation: activation after each conv layer ("relu" as the paper).
-        lambda_init: initial value of the learnable per-layer blend between conv weights and top-k selection.
-        clamp_lambda: clamp lambda to [0, 1] in the forward (off by default, as the paper).
+        lambda_init: initial value, in [0, 1], of the learnable per-layer blend between conv weights and
+            top-k selection. lambda = sigmoid(logit) stays in [0, 1] while training (the paper's scalar was
+            unconstrained); 0 or 1 fixes it there.
         buffer: compress only once the stored length exceeds ``mem_size + buffer``.
         local_window: newest tokens always kept exact (part of the heavy hitters).
         score_mode: "last" (scores of the latest forward, the paper's default) or "accumulated" (H2O-style sums).
@@ -47,7 +50,6 @@ class LoCoCoConfig:
     expand: int = 1
     activation: str = "relu"
     lambda_init: float = 0.5
-    clamp_lambda: bool = False
     buffer: int = 16
     local_window: int = 0
     score_mode: str = "last"
@@ -94,7 +96,11 @@ class LoCoCoConfig:
         need(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         need(self.score_mode in SCORE_MODES, f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         need(self.head_dtype in HEAD_DTYPES, f"head_dtype must be one of {HEAD_DTYPES}, got {self.head_dtype!r}")
-        need(isinstance(self.clamp_lambda, bool), "clamp_lambda must be true or false")
+        need(
+            isinstance(self.lambda_init, (int, float)) and not isinstance(self.lambda_init, bool)
+            and 0.0 <= float(self.lambda_init) <= 1.0,
+            f"lambda_init must be a number in [0, 1], got {self.lambda_init!r}",
+        )
 
     # ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +109,7 @@ class LoCoCoConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoCoCoConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in LEGACY_FIELDS}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown LoCoCoConfig field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")

@@ -7,6 +7,9 @@ every base parameter untouched; `detach(model)` removes them and gives back the 
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 from torch import nn
 
@@ -26,12 +29,16 @@ class ConvCompressorHead(nn.Module):
     axis (``2 * head_dim`` channels). Output: ``A = softmax_positions(act(conv(X)))`` with ``C`` rows,
     shared by all KV heads of the layer (heads are folded into the batch axis). Blended with the one-hot
     top-C selection through the learnable ``lambda``: ``W = (1 - lambda) P + lambda A``.
+
+    ``lambda = sigmoid(lam_logit)`` stays in [0, 1] by construction, so every fused slot is a convex
+    combination of stored tokens (the paper's unconstrained scalar let slots grow compression after
+    compression; see docs/method.md). ``lambda_init`` 0 or 1 gives an infinite logit: lambda is then
+    exactly 0 or 1 and does not train.
     """
 
     def __init__(self, head_dim: int, config: LoCoCoConfig) -> None:
         super().__init__()
         self.n_fused = config.n_fused
-        self.clamp_lambda = config.clamp_lambda
         width_out = max(self.n_fused, 1)
         hidden = width_out * config.expand
         channels = [2 * head_dim] + [hidden] * (config.n_conv_layers - 1) + [width_out]
@@ -42,11 +49,23 @@ class ConvCompressorHead(nn.Module):
         for conv in self.convs:
             nn.init.zeros_(conv.bias)  # the research code left it uninitialised (NaN)
         self.act = _ACTIVATIONS[config.activation]()
-        self.lam = nn.Parameter(torch.tensor(float(config.lambda_init)))
+        self.lam_logit = nn.Parameter(torch.logit(torch.tensor(float(config.lambda_init))))
+
+    @property
+    def lam(self) -> torch.Tensor:
+        """lambda in [0, 1] (differentiable through ``lam_logit``)."""
+        return torch.sigmoid(self.lam_logit)
 
     def blend_weight(self) -> torch.Tensor:
-        lam = self.lam
-        return lam.clamp(0.0, 1.0) if self.clamp_lambda else lam
+        return self.lam
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        legacy = prefix + "lam"
+        if legacy in state_dict and prefix + "lam_logit" not in state_dict:
+            state_dict[prefix + "lam_logit"] = legacy_lambda_to_logit(state_dict.pop(legacy))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def mixing_logits(self, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """Conv logits ``[b, h, C, R]`` over the tokens R (``keys``/``values`` ``[b, h, R, d]``).
@@ -64,6 +83,29 @@ class ConvCompressorHead(nn.Module):
                 x = x * keep
             x = self.act(conv(x))
         return x.reshape(b, h, -1, r)
+
+
+LEGACY_LAMBDA_EPS = 1e-4
+"""How far from 0 and 1 an unconstrained lambda of an old heads file is put, so that it can still train."""
+
+
+def legacy_lambda_to_logit(lam: torch.Tensor) -> torch.Tensor:
+    """The ``lam_logit`` for the raw ``lam`` of heads saved by lococo 0.1 (lambda unconstrained).
+
+    The value is clamped into ``[eps, 1 - eps]``: at inference this equals clamping lambda to [0, 1] within
+    ``eps``, which removes the drift those heads show past 12K tokens (reports/lambda). If a value had to
+    move, a warning says so; re-save the heads (``lococo.save_heads``) to store the new form.
+    """
+    eps = LEGACY_LAMBDA_EPS
+    raw = float(lam.float())
+    if not 0.0 <= raw <= 1.0:
+        warnings.warn(
+            "LoCoCo heads saved by lococo 0.1 have a lambda outside [0, 1]; it was clamped into range on load "
+            "(lambda is now sigmoid(lam_logit)). Re-save the heads with lococo.save_heads to store the new form.",
+            UserWarning, stacklevel=2,
+        )
+    clamped = min(max(raw, eps), 1.0 - eps)
+    return torch.tensor(math.log(clamped / (1.0 - clamped)), dtype=lam.dtype)
 
 
 class LoCoCoHeads(nn.Module):

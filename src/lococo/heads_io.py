@@ -121,12 +121,18 @@ def load_heads(model: nn.Module, folder: str | Path, *, replace: bool = False) -
     weights = Path(folder) / WEIGHTS_NAME
     if not weights.is_file():
         raise LococoError(f"{weights} is missing")
-    state = load_file(str(weights))
-    own = heads.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise IncompatibleModelError(f"heads weights do not match their config: missing {missing}, unexpected {unexpected}")
-    heads.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # truncated or corrupted file: safetensors raises its own error types
+        raise LococoError(f"{weights} cannot be read as safetensors ({exc}); download or save the heads again") from None
+    dtype = next(heads.parameters()).dtype
+    # strict=False: the heads map lococo 0.1 keys themselves (ConvCompressorHead._load_from_state_dict)
+    result = heads.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise IncompatibleModelError(
+            f"heads weights in {weights} do not match their config: missing {sorted(result.missing_keys)}, "
+            f"unexpected {sorted(result.unexpected_keys)}"
+        )
     return heads
 
 
