@@ -108,3 +108,30 @@ def test_two_processes_equal_one_process_with_doubled_accumulation(tmp_path):
     first = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
     second = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert abs(first["loss"] - second["loss"]) < 1e-5
+
+
+def _head_grads(model, rows_per_micro, cfg) -> dict[str, torch.Tensor]:
+    """Heads' gradient after one optimiser step's worth of micro-batches, scaled as train_heads does."""
+    from accelerate import Accelerator
+
+    model.zero_grad(set_to_none=True)
+    scale = loop.loss_scale(cfg, lococo.get_heads(model).config.buffer)
+    for i, rows in enumerate(rows_per_micro):
+        loop.sequence_loss(model, model, rows, cfg, Accelerator(cpu=True), scale,
+                           sync_at_end=i == len(rows_per_micro) - 1)
+    return {n: p.grad.clone() for n, p in model.lococo.named_parameters()}
+
+
+def test_gradient_does_not_depend_on_how_rows_are_batched(tmp_path):
+    model = build_model(tiny_llama_config())
+    cfg = tiny_config(tmp_path)
+    loop.prepare_model(model, cfg)
+    loop.trainable_parameters(model, cfg)
+    rows = tiny_rows(2)
+    batch_of_two = _head_grads(model, [rows], tiny_config(tmp_path, grad_accum=1, batch_size=2))
+    accumulated = _head_grads(model, [rows[:1], rows[1:]], tiny_config(tmp_path, grad_accum=2, batch_size=1))
+    singles = [_head_grads(model, [rows[i : i + 1]], tiny_config(tmp_path, grad_accum=1)) for i in range(2)]
+    for name, grad in batch_of_two.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grad, accumulated[name], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(grad, (singles[0][name] + singles[1][name]) / 2, rtol=1e-4, atol=1e-7)

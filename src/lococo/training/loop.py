@@ -98,6 +98,16 @@ def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer:
     return flags
 
 
+def loss_scale(cfg: TrainConfig, buffer: int) -> float:
+    """Factor on each segment's loss so that one optimiser step's gradient is that of the mean loss.
+
+    A segment's loss is already the mean over the rows of its batch, so only learning segments and
+    accumulation steps are divided out: the gradient does not depend on how rows are split into batches.
+    """
+    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, buffer))
+    return 1.0 / (max(n_learn, 1) * cfg.grad_accum)
+
+
 def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
                   sync_at_end: bool) -> tuple[float, int]:
     """Forward/backward one batch of sequences segment by segment; returns (summed token loss, tokens).
@@ -173,9 +183,7 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.grad_accum * world * cfg.batch_size
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
-    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size,
-                                    get_heads(unwrapped).config.buffer))
-    scale = 1.0 / (max(n_learn, 1) * cfg.grad_accum * cfg.batch_size)
+    scale = loss_scale(cfg, get_heads(unwrapped).config.buffer)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
