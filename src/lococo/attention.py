@@ -3,8 +3,9 @@
 Compression policies need to know how much attention each stored slot received. Eager attention has the
 probability matrix; sdpa and flash do not. Instead of forking the modeling file, LoCoCo:
 
-1. registers attention functions ``lococo_<impl>`` (``lococo_sdpa``, ``lococo_eager``, ...) in transformers'
-   ``AttentionInterface`` that call the original implementation and, *only when the cache layer asks*,
+1. registers attention functions ``lococo_<impl>`` (``lococo_sdpa``, ``lococo_eager``, ``lococo_fa2`` for
+   ``flash_attention_2``, ...) in transformers' ``AttentionInterface`` that call the original implementation
+   and, *only when the cache layer asks*,
    compute column sums of the softmax probabilities from the same queries and keys (blockwise, GQA-native:
    query heads of a KV group are summed, never repeated);
 2. adds a forward pre-hook on each attention module that hands the module's cache layer to that function
@@ -12,9 +13,18 @@ probability matrix; sdpa and flash do not. Instead of forking the modeling file,
    incoming tokens are padding.
 
 `enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both.
+
+Masks: the wrapper takes the mask each implementation receives from transformers' own mask functions:
+4-D boolean (sdpa) or additive float (eager) masks, and for flash attention ``None`` or a 2-D padding mask
+``[batch, kv]`` (flash applies causality itself). Wrapper names never contain "flash", since transformers
+treats such names as kernels to import; a flash kernel is called with a view of the module whose config
+names the real implementation, which is how flash picks its kernel. ``flex_attention`` (``BlockMask``) is
+refused with a clear error.
 """
 
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -23,9 +33,12 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from .errors import IncompatibleModelError
 from .models_support import attention_layout
 
 PREFIX = "lococo_"
+SUPPORTED = "eager, sdpa and flash attention (flash_attention_2/_3 or a kernels-hub flash kernel)"
+_BASES: dict[str, str] = {}  # registered wrapper name -> the implementation it wraps
 _STATE_ATTR = "_lococo_scoring"
 _QUERY_BLOCK = 128  # queries per block: bounds the probability matrix held at once
 
@@ -113,13 +126,25 @@ def attention_with_scores(
     return out.transpose(1, 2).contiguous().to(query.dtype), total
 
 
-def _visible_from_mask(mask: torch.Tensor | None, b: int, q_len: int, kv_len: int, device) -> torch.Tensor:
-    """Boolean ``[b, q, kv]`` visibility from a transformers mask (bool, additive float, or None=causal)."""
-    if mask is None:
-        offset = kv_len - q_len
-        rows = torch.arange(q_len, device=device)[:, None] + offset
-        return (torch.arange(kv_len, device=device)[None, :] <= rows).expand(b, q_len, kv_len)
-    mask = mask[:, 0] if mask.dim() == 4 else mask
+def _visible_from_mask(mask, b: int, q_len: int, kv_len: int, device) -> torch.Tensor:
+    """Boolean ``[b, q, kv]`` visibility from the mask an attention implementation receives.
+
+    ``None`` (causal, no padding), a 2-D padding mask ``[b, >= kv]`` (flash: causality is implicit), or a
+    4-D boolean / additive float mask. Causality is bottom-right aligned: every stored slot is visible.
+    """
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise IncompatibleModelError(
+            f"lococo cannot read attention masks of type {type(mask).__name__}; supported: {SUPPORTED}"
+        )
+    if mask is None or mask.dim() == 2:
+        rows = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+        causal = (torch.arange(kv_len, device=device)[None, :] <= rows)[None]
+        if mask is None:
+            return causal.expand(b, q_len, kv_len)
+        return causal & mask[:, None, -kv_len:].to(device=device, dtype=torch.bool)
+    if mask.dim() != 4:
+        raise IncompatibleModelError(f"attention mask of shape {tuple(mask.shape)}: expected None, 2-D or 4-D")
+    mask = mask[:, 0]
     vis = mask if mask.dtype == torch.bool else mask == 0
     return vis[..., -kv_len:].expand(b, q_len, kv_len)
 
@@ -144,24 +169,57 @@ def _as_mask(visible: torch.Tensor, like: torch.Tensor | None, dtype: torch.dtyp
     return visible[:, None]
 
 
+class _ConfigView:
+    """A model config that names ``implementation`` as its attention implementation (for flash kernels)."""
+
+    def __init__(self, config, implementation: str) -> None:
+        object.__setattr__(self, "_config", config)
+        object.__setattr__(self, "_attn_implementation", implementation)
+
+    def __getattr__(self, name: str):
+        return getattr(self._config, name)
+
+
+class _ModuleView:
+    """An attention module as a flash kernel must see it: its config names the real flash implementation."""
+
+    def __init__(self, module: nn.Module, implementation: str) -> None:
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "config", _ConfigView(module.config, implementation))
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+
+def _is_flash(name: str) -> bool:
+    return "flash" in name
+
+
 def make_attention_function(base_name: str):
     """The ``lococo_<base_name>`` attention function: the base implementation plus on-demand scores."""
-    base = _base_function(base_name)
+    flash = _is_flash(base_name)
+
+    def call_base(module, query, key, value, mask, **kwargs):
+        if flash:
+            module = _ModuleView(module, base_name)
+        return _base_function(base_name)(module, query, key, value, mask, **kwargs)  # looked up per call
 
     def lococo_attention(module, query, key, value, attention_mask, lococo_layer=None, **kwargs):
         if lococo_layer is None:
-            return base(module, query, key, value, attention_mask, **kwargs)
+            return call_base(module, query, key, value, attention_mask, **kwargs)
         b, _, q_len, _ = query.shape
         kv_len = key.shape[2]
         visible = None
         if lococo_layer.valid is not None:
             visible = _layer_visibility(lococo_layer, attention_mask, b, q_len, kv_len, query.device)
-            attention_mask = _as_mask(visible, attention_mask, query.dtype)
+            # flash takes a 2-D padding mask (slots are left-aligned padding, so its causal alignment holds)
+            attention_mask = lococo_layer.valid.to(query.device) if flash else _as_mask(visible, attention_mask,
+                                                                                         query.dtype)
         window = lococo_layer.score_request()
         dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
         fused = window is not None and (window == 0 or window >= q_len) and not dropout
         if not fused:
-            out, weights = base(module, query, key, value, attention_mask, **kwargs)
+            out, weights = call_base(module, query, key, value, attention_mask, **kwargs)
         if window is None:
             return out, weights
         if visible is None:
@@ -183,17 +241,27 @@ def make_attention_function(base_name: str):
     return lococo_attention
 
 
+def wrapper_name(base_name: str) -> str:
+    """The registered name of the wrapper of ``base_name``: no "flash" in it (transformers would import it)."""
+    return PREFIX + re.sub(r"[^0-9A-Za-z]+", "_", base_name.replace("flash_attention_", "fa").replace("flash", "fa"))
+
+
 def _register(base_name: str) -> str:
-    name = PREFIX + base_name
+    name = wrapper_name(base_name)
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, make_attention_function(base_name))
         ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base_name])
+        _BASES[name] = base_name
     return name
 
 
 def _incoming_validity(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | None:
-    """Which incoming tokens are real (from the diagonal of the model's mask), or None if all are."""
-    if mask is None or mask.dim() != 4:
+    """Which incoming tokens are real (from a 2-D padding mask, or the diagonal of a 4-D mask), or None."""
+    if not isinstance(mask, torch.Tensor):
+        return None
+    if mask.dim() == 2:
+        return mask[:, -q_len:].to(torch.bool)
+    if mask.dim() != 4:
         return None
     kv_len = mask.shape[-1]
     diag = mask[:, 0, torch.arange(q_len), kv_len - q_len + torch.arange(q_len)]
@@ -222,10 +290,14 @@ def enable_scoring(model: nn.Module) -> None:
         return
     layout = attention_layout(model)
     current = model.config._attn_implementation
-    if current.startswith(PREFIX):
-        current = current[len(PREFIX) :]
+    current = _BASES.get(current, current)
+    if current is None or "flex" in current:
+        raise IncompatibleModelError(
+            f"lococo's compressing cache does not support attn_implementation={current!r} yet; supported: "
+            f"{SUPPORTED}. Load the model with attn_implementation='sdpa' (or one of those)."
+        )
     if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
-        raise ValueError(f"unknown attention implementation {current!r}")
+        raise IncompatibleModelError(f"unknown attention implementation {current!r}; supported: {SUPPORTED}")
     name = _register(current)
     model.set_attn_implementation(name)
     handles = [m.register_forward_pre_hook(_pre_hook, with_kwargs=True) for m in layout.attention_modules]

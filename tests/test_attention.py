@@ -1,0 +1,131 @@
+"""Score collection under every attention implementation and the masks each one receives.
+
+flash attention cannot run on CPU, so its contract is simulated: transformers' own flash mask function
+produces the masks (None or 2-D padding masks) and a stand-in kernel honours them exactly as flash does
+(causal bottom-right, padding by unpadding, zeros for padding queries). On a GPU the same tests run with
+the real kernel (``LOCOCO_REAL_FLASH=1``).
+"""
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import lococo
+from conftest import build_model, tiny_llama_config
+from lococo import IncompatibleModelError, LoCoCoConfig
+from lococo.attention import wrapper_name
+
+REAL_FLASH = os.environ.get("LOCOCO_REAL_FLASH") == "1"
+
+
+def _flash_like(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """flash attention's contract on CPU: None or a 2-D padding mask, causality implicit (bottom-right)."""
+    assert module.config._attn_implementation == "flash_attention_2"  # how flash picks its kernel
+    assert attention_mask is None or attention_mask.dim() == 2, "flash receives None or [batch, kv]"
+    b, h, q, _ = query.shape
+    kv = key.shape[2]
+    visible = torch.ones(q, kv, dtype=torch.bool).tril(kv - q).expand(b, q, kv)
+    query_valid = torch.ones(b, q, dtype=torch.bool)
+    if attention_mask is not None:
+        real = attention_mask.to(torch.bool)
+        assert real.shape == (b, kv)
+        visible = visible & real[:, None, :]
+        query_valid = real[:, -q:]
+    visible = visible | ~query_valid[:, :, None]  # padding queries: any finite row, zeroed below
+    groups = h // key.shape[1]
+    out = F.scaled_dot_product_attention(query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1),
+                                         attn_mask=visible[:, None], scale=scaling)
+    out = out * query_valid[:, None, :, None]
+    return out.transpose(1, 2).contiguous(), None
+
+
+@pytest.fixture
+def flash_model(monkeypatch):
+    """A tiny Llama set to flash_attention_2 (the stand-in kernel on CPU, the real one on a GPU)."""
+    if REAL_FLASH:
+        model = build_model(tiny_llama_config(), attn_implementation="flash_attention_2").to("cuda", torch.bfloat16)
+        return model
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "flash_attention_2", _flash_like)
+    model = build_model(tiny_llama_config())
+    model.config._attn_implementation = "flash_attention_2"
+    return model
+
+
+def _left_padded(rows):
+    width = max(r.shape[1] for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - row.shape[1] :] = row[0]
+        mask[i, width - row.shape[1] :] = 1
+    return ids, mask
+
+
+def _attach(model):
+    lococo.attach(model, LoCoCoConfig(mem_size=16, segment_size=8, buffer=4, kernel_size=3, head_dtype="auto"))
+    for p in model.lococo.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # non-trivial heads
+    return model
+
+
+def test_wrapper_names_are_never_taken_for_flash_kernels():
+    assert wrapper_name("flash_attention_2") == "lococo_fa2"
+    assert wrapper_name("sdpa") == "lococo_sdpa"
+    for base in ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn3", "sdpa", "eager"):
+        assert "flash" not in wrapper_name(base) and "/" not in wrapper_name(base)
+
+
+@pytest.mark.parametrize("policy", ["lococo", "tova", "snapkv"])
+def test_flash_left_padded_batch_equals_each_row_alone(flash_model, policy):
+    model = _attach(flash_model)
+    device = next(model.parameters()).device
+    rows = [torch.randint(0, 128, (1, n)) for n in (70, 43)]
+    ids, mask = _left_padded(rows)
+    kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
+    batched = lococo.prefill(model, ids.to(device), mask.to(device), cache=lococo.make_cache(model, policy, **kw),
+                             segment_size=8)
+    assert model.config._attn_implementation == "lococo_fa2"
+    tol = 3e-2 if REAL_FLASH else 1e-4
+    for i, row in enumerate(rows):
+        alone = lococo.prefill(model, row.to(device), cache=lococo.make_cache(model, policy, **kw), segment_size=8)
+        torch.testing.assert_close(batched.logits[i].float(), alone.logits[0].float(), atol=tol, rtol=tol)
+        for lb, la in zip(batched.cache.compressed_layers, alone.cache.compressed_layers, strict=True):
+            n = la.stored
+            torch.testing.assert_close(lb.keys[i, :, -n:].float(), la.keys[0].float(), atol=tol, rtol=tol)
+            torch.testing.assert_close(lb.scores[i, :, -n:], la.scores[0], atol=tol, rtol=tol)
+
+
+def test_flash_batch_one_matches_sdpa():
+    sdpa = _attach(build_model(tiny_llama_config()))
+    flash = build_model(tiny_llama_config())  # its own config: the implementation is set on the config
+    flash.config._attn_implementation = "flash_attention_2"
+    lococo.attach(flash, sdpa.lococo.config)
+    flash.lococo.load_state_dict(sdpa.lococo.state_dict())
+    ids = torch.randint(0, 128, (1, 90))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(ALL_ATTENTION_FUNCTIONS._global_mapping, "flash_attention_2", _flash_like)
+        out_flash = lococo.prefill(flash, ids, segment_size=8)
+    out_sdpa = lococo.prefill(sdpa, ids, segment_size=8)
+    assert out_sdpa.cache.compressed_layers[0].compressions > 0
+    torch.testing.assert_close(out_flash.logits, out_sdpa.logits, atol=1e-4, rtol=1e-4)
+
+
+def test_flash_batched_generate_equals_each_row_alone(flash_model):
+    model = _attach(flash_model)
+    device = next(model.parameters()).device
+    rows = [torch.randint(1, 128, (1, n)) for n in (50, 31)]
+    ids, mask = _left_padded(rows)
+    kw = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
+    batched = lococo.generate(model, ids.to(device), mask.to(device), segment_size=8, **kw)[:, ids.shape[1] :]
+    for i, row in enumerate(rows):
+        alone = lococo.generate(model, row.to(device), segment_size=8, **kw)[:, row.shape[1] :]
+        assert torch.equal(batched[i], alone[0]), i
+
+
+def test_flex_attention_is_refused_with_what_is_supported(tiny_llama):
+    tiny_llama.config._attn_implementation = "flex_attention"
+    with pytest.raises(IncompatibleModelError, match="flex_attention.*supported: eager, sdpa and flash"):
+        lococo.make_cache(tiny_llama, "tova", mem_size=16)
