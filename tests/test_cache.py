@@ -1,5 +1,7 @@
 """The compressing cache: budgets, exactness below the budget, padding, gradients, dtypes, architectures."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -194,3 +196,51 @@ def test_transformers_chunked_prefill_keeps_the_budget(tiny_llama):
     assert cache.get_seq_length() == 105
     assert cache.stored_length() <= 16 + 4 + 1
     assert cache.compressed_layers[0].compressions > 5
+
+
+class _HostSyncs:
+    """Counts device-to-host reads (bool/int/item/tolist of a tensor) made from lococo's own source files."""
+
+    NAMES = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist")
+
+    def __init__(self, monkeypatch):
+        import sys
+
+        self.count = 0
+        src = str(Path(lococo.__file__).parent)
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+
+            def counting(t, *args, _original=original, **kwargs):
+                if sys._getframe(1).f_code.co_filename.startswith(src):
+                    self.count += 1
+                return _original(t, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counting)
+
+
+def _decode_steps(model, ids, mask, cache, steps):
+    with torch.no_grad():
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=mask.dtype)], dim=1)
+            model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                  past_key_values=cache, use_cache=True)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("padding", [0, 30])
+def test_decoding_waits_for_the_device_at_most_once_per_step(monkeypatch, attn, padding):
+    model = _attach(build_model(tiny_llama_config(), attn_implementation=attn))
+    ids = torch.randint(1, 128, (2, 40))
+    mask = torch.ones_like(ids)
+    mask[1, :padding] = 0  # row 1 holds fewer tokens than the memory: its slots stay partly invalid
+    cache = lococo.prefill(model, ids, mask, segment_size=8).cache
+    syncs = _HostSyncs(monkeypatch)
+    steps = 12  # several decode-time compressions (buffer 4)
+    compressions = cache.compressed_layers[0].compressions
+    _decode_steps(model, ids, mask, cache, steps)
+    assert cache.compressed_layers[0].compressions > compressions
+    if padding == 0 and attn == "sdpa":
+        assert syncs.count == 0  # no mask reaches the layers: nothing to read back
+    else:
+        assert syncs.count <= steps  # one per forward, not one per layer

@@ -268,6 +268,25 @@ def _incoming_validity(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | 
     return diag if diag.dtype == torch.bool else diag == 0
 
 
+def _incoming(cache, mask, q_len: int) -> tuple[torch.Tensor, list[int]] | None:
+    """Validity of the incoming tokens and its per-row counts, or None if all are real.
+
+    Every layer of a forward receives the same mask object, so this is worked out once per forward (the
+    cache remembers the last mask): at most one device-to-host copy per forward, none without a mask.
+    """
+    memo = cache.incoming_memo
+    if memo is not None and memo[0] is mask and memo[1] == q_len:
+        return memo[2]
+    valid = _incoming_validity(mask, q_len)
+    result = None
+    if valid is not None:
+        counts = valid.sum(-1).tolist()  # the one host copy of this forward
+        if min(counts) < q_len:
+            result = (valid, counts)
+    cache.incoming_memo = (mask, q_len, result)
+    return result
+
+
 def _pre_hook(module: nn.Module, args, kwargs):
     from .cache import CompressedLayer  # local import: cache imports policies which import heads
 
@@ -279,7 +298,7 @@ def _pre_hook(module: nn.Module, args, kwargs):
     if not isinstance(layer, CompressedLayer):
         return None
     hidden = kwargs.get("hidden_states", args[0] if args else None)
-    layer.incoming_valid = _incoming_validity(kwargs.get("attention_mask"), hidden.shape[1])
+    layer.incoming_valid = _incoming(cache, kwargs.get("attention_mask"), hidden.shape[1])
     kwargs["lococo_layer"] = layer
     return args, kwargs
 

@@ -34,8 +34,10 @@ class CompressedLayer(CacheLayerMixin):
         self.buffer = policy.buffer
         self.seen = 0
         self.valid: torch.Tensor | None = None  # [b, stored] or None (all slots real tokens)
+        self.row_valid: list[int] | None = None  # valid slots per row, on the host (None with valid)
         self.scores: torch.Tensor | None = None  # [b, kv_heads, stored] importance scores (or None)
-        self.incoming_valid: torch.Tensor | None = None  # validity of the tokens of the next update
+        # validity of the tokens of the next update and its per-row counts on the host; None: all real
+        self.incoming_valid: tuple[torch.Tensor, list[int]] | None = None
         self.compressions = 0
 
     # -- CacheLayerMixin contract ------------------------------------------------------------------
@@ -55,12 +57,13 @@ class CompressedLayer(CacheLayerMixin):
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
         incoming, self.incoming_valid = self.incoming_valid, None
-        if incoming is not None and bool(incoming.all()):
-            incoming = None
         if incoming is not None or self.valid is not None:
             old = self.valid if self.valid is not None else self._ones(self.stored - q)
-            new = incoming.to(old.device) if incoming is not None else self._ones(q)
+            new = incoming[0].to(old.device) if incoming is not None else self._ones(q)
             self.valid = torch.cat([old, new], dim=-1)
+            old_n = self.row_valid if self.row_valid is not None else [self.stored - q] * old.shape[0]
+            new_n = incoming[1] if incoming is not None else [q] * old.shape[0]
+            self.row_valid = [a + c for a, c in zip(old_n, new_n, strict=True)]
         if self.scores is not None and self.policy.score_mode == "accumulated":
             self.scores = torch.cat([self.scores, self.scores.new_zeros(*self.scores.shape[:2], q)], dim=-1)
         else:
@@ -83,7 +86,7 @@ class CompressedLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = 0
-        self.valid = self.scores = self.incoming_valid = None
+        self.valid = self.scores = self.incoming_valid = self.row_valid = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -91,18 +94,24 @@ class CompressedLayer(CacheLayerMixin):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
+        if self.row_valid is not None:
+            self.row_valid = [self.row_valid[i] for i in beam_idx.tolist()]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         for name in ("keys", "values", "valid", "scores"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.repeat_interleave(repeats, dim=0))
+        if self.row_valid is not None:
+            self.row_valid = [n for n in self.row_valid for _ in range(repeats)]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         for name in ("keys", "values", "valid", "scores"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t[indices, ...])
+        if self.row_valid is not None:
+            self.row_valid = [self.row_valid[i] for i in torch.as_tensor(indices).reshape(-1).tolist()]
 
     # -- what the attention wrapper asks ------------------------------------------------------------
     @property
@@ -138,15 +147,15 @@ class CompressedLayer(CacheLayerMixin):
     def _ones(self, n: int) -> torch.Tensor:
         return torch.ones(self.keys.shape[0], n, dtype=torch.bool, device=self.keys.device)
 
-    def _plan(self) -> tuple[int, torch.Tensor | None]:
-        """(stored length after compaction, rows that compress) for the current state."""
-        limit = self.mem_size + self.buffer
+    def _plan(self) -> tuple[int, list[bool] | None, list[int] | None]:
+        """(stored length after compaction, rows that compress, valid slots kept per row), from host counts:
+        planning never waits for the device."""
         if self.valid is None:
-            return self.mem_size, None
-        n_valid = self.valid.sum(-1)
-        rows = n_valid > limit
-        kept = torch.where(rows, torch.full_like(n_valid, self.mem_size), n_valid)
-        return int(kept.max()), rows
+            return self.mem_size, None, None
+        limit = self.mem_size + self.buffer
+        rows = [n > limit for n in self.row_valid]
+        kept = [self.mem_size if r else n for r, n in zip(rows, self.row_valid, strict=True)]
+        return max(kept), rows, kept
 
     def _stored_after_compaction(self) -> int:
         if not self.is_initialized:
@@ -167,14 +176,15 @@ class CompressedLayer(CacheLayerMixin):
 
     def _compact_now(self) -> None:
         self.compressions += 1
-        new_len, rows = self._plan()
-        if rows is None:  # no padding anywhere: every row compresses
+        new_len, rows_host, kept = self._plan()
+        if rows_host is None:  # no padding anywhere: every row compresses
             self.keys, self.values, self.scores = self._compressed()
             return
         # Per row: compress (M slots) or keep its valid slots; right-align; drop invalid slots.
         sources_k, sources_v, sources_s = [self.keys], [self.values], [self.scores]
+        rows = torch.tensor(rows_host, dtype=torch.bool).to(self.valid.device, non_blocking=True)
         keep = self.valid & ~rows[:, None]
-        if bool(rows.any()):
+        if any(rows_host):
             ck, cv, cs = self._compressed()
             sources_k.append(ck)
             sources_v.append(cv)
@@ -191,8 +201,9 @@ class CompressedLayer(CacheLayerMixin):
             self.scores = None
         else:
             self.scores = torch.cat(sources_s, dim=-1).gather(2, order[:, None, :].expand(-1, h, -1))
-        if bool(self.valid.all()):
-            self.valid = None
+        self.row_valid = kept
+        if all(n == new_len for n in kept):
+            self.valid = self.row_valid = None
 
 
 class CompressedCache(Cache):
@@ -215,6 +226,7 @@ class CompressedCache(Cache):
                 layers.append(DynamicLayer())
         super().__init__(layers=layers)
         self.policy = policy
+        self.incoming_memo = None  # (mask, q_len, validity) of the latest forward: see attention._incoming
 
     @property
     def compressed_layers(self) -> list[CompressedLayer]:
