@@ -244,3 +244,34 @@ def test_decoding_waits_for_the_device_at_most_once_per_step(monkeypatch, attn, 
         assert syncs.count == 0  # no mask reaches the layers: nothing to read back
     else:
         assert syncs.count <= steps  # one per forward, not one per layer
+
+
+def _max_forward_length(model):
+    lengths = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    return lengths
+
+
+@pytest.mark.parametrize("policy", ["lococo", "tova"])
+def test_plain_generate_with_a_long_prompt_reads_it_in_segments(tiny_llama, policy):
+    _attach(tiny_llama, segment_size=8)
+    kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
+    cache = lococo.make_cache(tiny_llama, policy, **kw)
+    assert tiny_llama.generation_config.prefill_chunk_size == (8 if policy == "lococo" else 512)
+    lengths = _max_forward_length(tiny_llama)
+    ids = torch.randint(1, 128, (1, 96))
+    tiny_llama.generate(ids, past_key_values=cache, max_new_tokens=5, do_sample=False)  # no chunk argument
+    if policy == "lococo":
+        assert max(lengths) == 8 and cache.compressed_layers[0].compressions > 5
+    assert cache.stored_length() <= 16 + 4 + 1
+
+
+def test_prefill_chunk_size_of_the_user_is_kept_and_none_leaves_the_config_alone(tiny_llama):
+    tiny_llama.generation_config.prefill_chunk_size = 64
+    lococo.make_cache(tiny_llama, "window", mem_size=16)
+    assert tiny_llama.generation_config.prefill_chunk_size == 64
+    tiny_llama.generation_config.prefill_chunk_size = None
+    lococo.make_cache(tiny_llama, "window", mem_size=16, prefill_chunk_size=None)
+    assert tiny_llama.generation_config.prefill_chunk_size is None
+    with pytest.raises(lococo.ConfigError, match="prefill_chunk_size must be a positive integer"):
+        lococo.make_cache(tiny_llama, "window", mem_size=16, prefill_chunk_size=0)

@@ -61,12 +61,11 @@ def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, 
     groups = n_heads // kv_heads
     q = (query.float() * scaling).reshape(b, kv_heads, groups, q_len, d)
     k_t = key.float().transpose(-1, -2)  # [b, kv, d, L]
-    bias = torch.zeros(visible.shape, dtype=torch.float32, device=query.device).masked_fill_(~visible, float("-inf"))
-    for start in range(0, q_len, _QUERY_BLOCK):
+    for start in range(0, q_len, _QUERY_BLOCK):  # masks are applied per block: no [q, L] float tensor
         stop = min(start + _QUERY_BLOCK, q_len)
         block = q[:, :, :, start:stop].reshape(b, kv_heads, groups * (stop - start), d)
         logits = torch.matmul(block, k_t).view(b, kv_heads, groups, stop - start, -1)
-        logits += bias[:, None, None, start:stop]
+        logits.masked_fill_(~visible[:, None, None, start:stop], float("-inf"))
         yield start, stop, logits.softmax(dim=-1)
 
 

@@ -20,19 +20,47 @@ from .cache import CompressedCache
 from .errors import ConfigError
 from .policies import Policy, make_policy
 
+DEFAULT_SEGMENT_SIZE = 512
+"""B when nothing else says: the paper's segment length."""
 
-def make_cache(model: nn.Module, policy: str | Policy = "lococo", **policy_kwargs) -> CompressedCache:
+
+def make_cache(
+    model: nn.Module,
+    policy: str | Policy = "lococo",
+    *,
+    prefill_chunk_size: int | str | None = "auto",
+    **policy_kwargs,
+) -> CompressedCache:
     """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
 
     Also switches the model to LoCoCo's score-collecting attention function (idempotent; the outputs of
     the attention itself do not change). ``policy="lococo"`` uses the heads attached to the model.
+
+    So that a plain ``model.generate(long_prompt, past_key_values=cache)`` reads the prompt in segments
+    (memory O(M + B), as :func:`prefill`) instead of one forward over the whole prompt, the model's
+    ``generation_config.prefill_chunk_size`` (transformers' own chunked prefill) is set when it has none:
+    to ``prefill_chunk_size``, where ``"auto"`` means the heads' ``segment_size`` for LoCoCo, else 512.
+    ``None`` leaves the generation config alone.
     """
     enable_scoring(model)
     if isinstance(policy, str):
         policy = make_policy(policy, model=model, **policy_kwargs)
     elif policy_kwargs:
         raise ConfigError("pass policy settings either in the Policy object or as keyword arguments, not both")
+    _chunk_generate_prefill(model, policy, prefill_chunk_size)
     return CompressedCache(model, policy)
+
+
+def _chunk_generate_prefill(model: nn.Module, policy: Policy, chunk: int | str | None) -> None:
+    config = getattr(model, "generation_config", None)
+    if chunk is None or config is None or getattr(config, "prefill_chunk_size", None) is not None:
+        return
+    if chunk == "auto":
+        heads = getattr(policy, "heads", None)
+        chunk = heads.config.segment_size if heads is not None else DEFAULT_SEGMENT_SIZE
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"prefill_chunk_size must be a positive integer, 'auto' or None, got {chunk!r}")
+    config.prefill_chunk_size = chunk
 
 
 def segment_bounds(length: int, segment_size: int) -> list[tuple[int, int]]:
