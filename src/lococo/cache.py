@@ -2,7 +2,7 @@
 
 `CompressedLayer` stores only the model's KV heads (GQA-native). It reports *tokens seen* from
 ``get_seq_length`` (so positions stay absolute) and, before appending new tokens, lazily folds its
-stored slots back to ``mem_size`` whenever it holds more than ``mem_size + buffer`` (METHOD.md). *How*
+stored slots back to ``mem_size`` whenever it holds more than ``mem_size + buffer`` (docs/method.md). *How*
 slots are folded is the job of a :class:`~lococo.policies.Policy` (LoCoCo's heads, or a baseline).
 
 Padding: a left-padded row keeps invalid slots at the front. Each row follows its own trigger

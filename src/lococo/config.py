@@ -1,6 +1,6 @@
 """`LoCoCoConfig`: every knob of the method, validated, JSON round-trippable.
 
-Defaults follow the paper and the authors' code (see METHOD.md): M = 128 slots, B = 512-token segments,
+Defaults follow the paper and the authors' code (see docs/method.md): M = 128 slots, B = 512-token segments,
 half of the slots kept as exact heavy hitters, a 21-wide convolution, lambda initialised at 0.5.
 """
 

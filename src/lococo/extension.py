@@ -1,6 +1,6 @@
 """Context extension at constant memory: RoPE scaling + LoRA (peft) + LoCoCo heads, saved as one unit.
 
-The paper's "post-training tuning" (METHOD.md): linear positional interpolation with factor
+The paper's "post-training tuning" (docs/method.md): linear positional interpolation with factor
 target / native length (through the model config's RoPE parameters, the transformers way; "yarn" and
 "dynamic" where transformers supports them), LoRA r=8, alpha=16 on q, k, v, o (peft), embeddings and norms
 trainable as in LongLoRA, plus the heads. `save_extended` / `load_extended` keep all of it together;

@@ -1,4 +1,4 @@
-"""LoCoCo: exact heavy hitters plus convolution-fused slots (METHOD.md, "one compression step")."""
+"""LoCoCo: exact heavy hitters plus convolution-fused slots (docs/method.md, "One compression")."""
 
 from __future__ import annotations
 

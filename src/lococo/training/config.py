@@ -1,4 +1,4 @@
-"""`TrainConfig`: the training recipe (defaults: the authors' optimiser, METHOD.md), validated."""
+"""`TrainConfig`: the training recipe (defaults: the authors' optimiser, docs/method.md), validated."""
 
 from __future__ import annotations
 
