@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import lococo
 from lococo import cli
 from lococo._version import __version__
 from lococo.errors import LococoError
@@ -115,3 +116,16 @@ def test_generate_prepares_a_cache_for_any_policy(tiny_llama, policy):
     assert cache.policy.compresses == (policy != "full")
     if policy == "lococo":
         assert tiny_llama.lococo.config.mem_size == 16  # fresh heads: none are shipped for a tiny model
+
+
+def test_heads_with_another_memory_size_are_refused_not_silently_used(tiny_llama, tmp_path):
+    from lococo.generate_cli import prepare_cache
+
+    lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=32, kernel_size=3))
+    lococo.save_heads(tiny_llama, tmp_path / "m32")
+    lococo.detach(tiny_llama)
+    with pytest.raises(lococo.ConfigError, match="--mem-size 16 does not match the heads' M = 32"):
+        prepare_cache(tiny_llama, "lococo", mem_size=16, segment_size=8, heads=str(tmp_path / "m32"))
+    lococo.detach(tiny_llama)
+    cache = prepare_cache(tiny_llama, "lococo", mem_size=None, segment_size=8, heads=str(tmp_path / "m32"))
+    assert cache.policy.mem_size == 32  # no --mem-size: the heads' M

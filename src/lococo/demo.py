@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.policy == "lococo":
         from .heads_io import shipped_heads
 
-        shipped = None if args.heads else shipped_heads(model, args.mem_size)
+        shipped = None if args.heads else shipped_heads(model, cache.policy.mem_size)
         source = args.heads or (shipped and f"trained, shipped with lococo as {shipped.name}")
         heads_note = (f" (heads: {source})" if source else
                       " (heads: UNTRAINED, no shipped heads for this M yet: expect degraded text; "
@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     gen_s = time.perf_counter() - start
     new = out[0, ids.shape[1] :]
 
-    print(f"policy:                {args.policy}, M = {args.mem_size}, B = {args.segment_size}{heads_note}")
+    mem = "all tokens" if args.policy == "full" else f"M = {cache.policy.mem_size}"
+    print(f"policy:                {args.policy}, {mem}, B = {args.segment_size}{heads_note}")
     print(f"tokens read:           {args.tokens} in {read_s:.1f} s ({args.tokens / read_s:.0f} tokens/s)")
     print(f"tokens generated:      {len(new)} in {gen_s:.1f} s ({len(new) / max(gen_s, 1e-9):.1f} tokens/s)")
     print(f"tokens seen by cache:  {cache.get_seq_length()}")

@@ -14,23 +14,36 @@ def add_policy_args(parser: argparse.ArgumentParser, *, many: bool = False) -> N
     """``--policy``, ``--mem-size``, ``--segment-size``, ``--heads`` (shared by generate and demo)."""
     nargs = "+" if many else None
     parser.add_argument("--policy", default="lococo", nargs=nargs, help="cache policy (see docs/policies.md)")
-    parser.add_argument("--mem-size", type=int, default=128, nargs=nargs, help="memory slots per layer (M)")
+    parser.add_argument("--mem-size", type=int, default=None, nargs=nargs,
+                        help="memory slots per layer (M; default 128, or the M of --heads)")
     parser.add_argument("--segment-size", type=int, default=512, help="prefill segment length (B)")
     parser.add_argument("--heads", default=None, help="folder with trained LoCoCo heads (default: shipped heads "
                         "for the reference model if they match --mem-size, else untrained heads)")
 
 
-def prepare_cache(model, policy: str, mem_size: int, segment_size: int, heads: str | None):
-    """Attach/load heads as needed and return a fresh cache for ``policy``."""
+DEFAULT_MEM_SIZE = 128
+
+
+def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, heads: str | None):
+    """Attach/load heads as needed and return a fresh cache for ``policy``.
+
+    ``mem_size=None``: 128, or for LoCoCo the M of the given heads. Heads whose M differs from an explicit
+    ``mem_size`` are refused (never a silent choice).
+    """
     import lococo
 
     if policy == "lococo" and not lococo.has_heads(model):
-        folder = heads or lococo.shipped_heads(model, mem_size)
+        folder = heads or lococo.shipped_heads(model, mem_size or DEFAULT_MEM_SIZE)
         if folder:
             lococo.load_heads(model, folder)
         else:
-            lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
-    kwargs = {} if policy in ("lococo", "full") else {"mem_size": mem_size}
+            lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size or DEFAULT_MEM_SIZE, segment_size=segment_size))
+    if policy == "lococo" and mem_size is not None and lococo.get_heads(model).config.mem_size != mem_size:
+        raise lococo.ConfigError(
+            f"--mem-size {mem_size} does not match the heads' M = {lococo.get_heads(model).config.mem_size} "
+            f"({heads or 'attached heads'}): drop --mem-size or pass heads trained for M = {mem_size}"
+        )
+    kwargs = {} if policy in ("lococo", "full") else {"mem_size": mem_size or DEFAULT_MEM_SIZE}
     return lococo.make_cache(model, policy, **kwargs)
 
 
