@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -22,20 +21,14 @@ from torch.profiler import ProfilerActivity, profile
 
 import lococo
 from lococo.data import long_text_ids
+from lococo.evaluation.bench import segment_times
 from lococo.evaluation.report import run_meta, write_report
-from lococo.generation import position_ids_from_mask, segment_bounds
+from lococo.generation import segment_bounds
 
 
 def read(model, ids, cache, segment_size: int) -> list[float]:
-    mask = torch.ones_like(ids)
-    positions = position_ids_from_mask(mask)
-    times = []
     with torch.no_grad():
-        for start, stop in segment_bounds(ids.shape[1], segment_size):
-            t0 = time.perf_counter()
-            model(input_ids=ids[:, start:stop], attention_mask=mask[:, :stop], position_ids=positions[:, start:stop],
-                  past_key_values=cache, use_cache=True, logits_to_keep=1)
-            times.append(time.perf_counter() - t0)
+        times, _ = segment_times(model, ids, cache, segment_size)
     return times[2:]  # from the third segment on, every segment compresses M + B -> M
 
 

@@ -306,3 +306,14 @@ def test_bf16_model_stays_close_to_fp32(head_dtype):
     assert torch.isfinite(error_lococo)
     # measured: full 0.0031, lococo 0.0032 (fp32 heads) / 0.0035 (bf16 heads)
     assert error_lococo <= 2 * error_full + 0.005, (float(error_lococo), float(error_full))
+
+
+def test_segment_loop_refuses_a_mask_that_does_not_cover_the_cache(tiny_llama):
+    from lococo.generation import iter_segments
+
+    cache = lococo.make_cache(tiny_llama, "window", mem_size=16)
+    lococo.prefill(tiny_llama, torch.randint(0, 128, (1, 20)), cache=cache, segment_size=8)
+    with pytest.raises(lococo.ConfigError, match="must cover the 20 tokens already in the cache plus the 5 new"):
+        next(iter_segments(tiny_llama, torch.randint(0, 128, (1, 5)), cache, 8, attention_mask=torch.ones(1, 5)))
+    with pytest.raises(lococo.ConfigError, match="grad has 1 flags for 2 segments"):
+        next(iter_segments(tiny_llama, torch.randint(0, 128, (1, 10)), cache, 8, grad=[True]))

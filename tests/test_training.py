@@ -135,3 +135,17 @@ def test_gradient_does_not_depend_on_how_rows_are_batched(tmp_path):
         assert grad.abs().sum() > 0, name
         torch.testing.assert_close(grad, accumulated[name], rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(grad, (singles[0][name] + singles[1][name]) / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_heldout_metric_is_eval_ppl_on_the_same_text_and_cache(tmp_path):
+    from lococo.evaluation.perplexity import perplexity
+
+    model = build_model(tiny_llama_config())
+    cfg = tiny_config(tmp_path)
+    loop.prepare_model(model, cfg)
+    rows = tiny_rows(3)
+    training_metric = loop.heldout_perplexity(model, rows, cfg)
+    evaluated = perplexity(model, [row[None] for row in rows], lambda: lococo.make_cache(model, "lococo"),
+                           cfg.segment_size, progress=False)
+    assert evaluated["tokens"] == 3 * (rows.shape[1] - 1)  # every position but the first of each row
+    assert training_metric == pytest.approx(evaluated["ppl"], rel=1e-5)

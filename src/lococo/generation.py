@@ -8,8 +8,10 @@ own ``model.generate`` (all the usual generation arguments work), which decodes 
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,6 +103,60 @@ def _check_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) 
     return attention_mask
 
 
+def iter_segments(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    cache: CompressedCache,
+    segment_size: int,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    logits_to_keep: int = 0,
+    grad: bool | Sequence[bool] = False,
+    progress: bool = False,
+    desc: str = "segments",
+) -> Iterator[tuple[int, int, Any]]:
+    """The one segment loop: feed the new tokens ``input_ids [batch, n]`` through ``cache`` segment by segment.
+
+    Segments are anchored at the *end* (:func:`segment_bounds`: the first one takes the remainder), so a
+    left-padded row is cut as it would be alone. ``attention_mask`` covers the tokens the cache has already
+    seen plus the new ones (``[batch, seen + n]``, left padding only; None = every token is real); positions
+    come from it. ``grad`` (one flag, or one per segment) says which forwards keep their graph.
+    Yields ``(start, stop, output)`` for each segment, ``start``/``stop`` indexing ``input_ids``; prefill,
+    perplexity, the benchmarks and the training loss all read text through this loop.
+    """
+    seen = cache.get_seq_length()
+    n = input_ids.shape[1]
+    if attention_mask is None:
+        attention_mask = torch.ones(input_ids.shape[0], seen + n, dtype=torch.long)
+    elif attention_mask.shape != (input_ids.shape[0], seen + n):
+        raise ConfigError(
+            f"attention_mask must cover the {seen} tokens already in the cache plus the {n} new ones: expected "
+            f"shape {(input_ids.shape[0], seen + n)}, got {tuple(attention_mask.shape)}"
+        )
+    positions = position_ids_from_mask(attention_mask)[:, seen:]
+    bounds = segment_bounds(n, segment_size)
+    flags = [grad] * len(bounds) if isinstance(grad, bool) else list(grad)
+    if len(flags) != len(bounds):
+        raise ConfigError(f"grad has {len(flags)} flags for {len(bounds)} segments")
+    device = next(model.parameters()).device
+    bar = tqdm(total=n, unit="tok", desc=desc, disable=not progress, leave=False)
+    try:
+        for (start, stop), keep_graph in zip(bounds, flags, strict=True):
+            with nullcontext() if keep_graph else torch.no_grad():
+                out = model(
+                    input_ids=input_ids[:, start:stop].to(device),
+                    attention_mask=attention_mask[:, : seen + stop].to(device),
+                    position_ids=positions[:, start:stop].to(device),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=logits_to_keep,
+                )
+            bar.update(stop - start)
+            yield start, stop, out
+    finally:
+        bar.close()
+
+
 def prefill(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -114,33 +170,17 @@ def prefill(
 ) -> PrefillOutput:
     """Read ``input_ids [batch, N]`` in segments through ``cache`` (created from ``policy`` if None).
 
-    Memory is O(mem_size + segment_size) whatever N is. Returns the cache and the last position's logits.
+    If the cache has already seen the first ``seen`` tokens of ``input_ids`` (and ``attention_mask``), only
+    the rest is read. Memory is O(mem_size + segment_size) whatever N is. Returns the cache and the last
+    position's logits.
     """
     attention_mask = _check_inputs(input_ids, attention_mask)
     cache = cache if cache is not None else make_cache(model, policy)
     seen = cache.get_seq_length()
-    if seen and attention_mask.shape[1] != input_ids.shape[1]:
-        raise ConfigError("attention_mask must cover the tokens already in the cache plus the new ones")
-    full_mask = attention_mask
-    positions = position_ids_from_mask(full_mask)
     logits = None
-    bounds = segment_bounds(input_ids.shape[1] - seen, segment_size)
-    device = next(model.parameters()).device
-    bar = tqdm(total=input_ids.shape[1] - seen, unit="tok", desc="prefill", disable=not progress, leave=False)
-    with nullcontext() if grad else torch.no_grad():
-        for start, stop in bounds:
-            start, stop = start + seen, stop + seen
-            out = model(
-                input_ids=input_ids[:, start:stop].to(device),
-                attention_mask=full_mask[:, :stop].to(device),
-                position_ids=positions[:, start:stop].to(device),
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            logits = out.logits[:, -1]
-            bar.update(stop - start)
-    bar.close()
+    for _, _, out in iter_segments(model, input_ids[:, seen:], cache, segment_size, attention_mask=attention_mask,
+                                   logits_to_keep=1, grad=grad, progress=progress, desc="prefill"):
+        logits = out.logits[:, -1]
     return PrefillOutput(cache=cache, logits=logits)
 
 

@@ -51,24 +51,17 @@ class RssSampler:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def _segment_times(model, ids, cache, segment_size: int) -> list[float]:
-    from ..generation import position_ids_from_mask, segment_bounds
+def segment_times(model, ids, cache, segment_size: int) -> tuple[list[float], torch.Tensor]:
+    """Seconds per segment of reading ``ids`` through ``cache``, and the last position's logits."""
+    from ..generation import iter_segments
 
-    mask = torch.ones_like(ids)
-    positions = position_ids_from_mask(mask)
-    times = []
-    for start, stop in segment_bounds(ids.shape[1], segment_size):
-        t0 = time.perf_counter()
-        out = model(
-            input_ids=ids[:, start:stop],
-            attention_mask=mask[:, :stop],
-            position_ids=positions[:, start:stop],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    times, logits = [], None
+    t0 = time.perf_counter()
+    for _, _, out in iter_segments(model, ids, cache, segment_size, logits_to_keep=1):
+        logits = out.logits[:, -1]
         times.append(time.perf_counter() - t0)
-    return times, out.logits[:, -1]
+        t0 = time.perf_counter()
+    return times, logits
 
 
 def run_cell(cell: dict) -> dict:
@@ -105,7 +98,7 @@ def _measure(model, cache, ids: torch.Tensor, segment_size: int, decode_tokens: 
     rss_before = psutil.Process().memory_info().rss
     with torch.no_grad(), RssSampler() as sampler:
         t0 = time.perf_counter()
-        seg_times, logits = _segment_times(model, ids, cache, segment_size)
+        seg_times, logits = segment_times(model, ids, cache, segment_size)
         prefill_s = time.perf_counter() - t0
         stored = cache.stored_length()
         cache_bytes = cache.cache_bytes()

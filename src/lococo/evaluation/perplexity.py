@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..generation import position_ids_from_mask, segment_bounds
+from ..generation import iter_segments
 from .grid import CacheFactory, pyplot, series_label
 
 if TYPE_CHECKING:
@@ -59,30 +59,16 @@ def score_tokens(
     """
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ConfigError(f"score_tokens takes one row [1, N], got shape {tuple(input_ids.shape)}")
-    device = next(model.parameters()).device
-    seen = cache.get_seq_length()
-    n = input_ids.shape[1]
-    mask = torch.ones(1, seen + n, dtype=torch.long)
-    positions = position_ids_from_mask(mask)[:, seen:]
     logprobs, greedy = [], []
-    bar = tqdm(total=n, unit="tok", desc="scoring", disable=not progress, leave=False)
-    for start, stop in segment_bounds(n, segment_size):
+    device = next(model.parameters()).device
+    for start, stop, out in iter_segments(model, input_ids, cache, segment_size, progress=progress, desc="scoring"):
         seg = input_ids[:, start:stop].to(device)
-        out = model(
-            input_ids=seg,
-            attention_mask=mask[:, : seen + stop].to(device),
-            position_ids=positions[:, start:stop].to(device),
-            past_key_values=cache,
-            use_cache=True,
-        )
         logits = out.logits[0].float()
         predictors = logits[:-1] if prev_logits is None else torch.cat([prev_logits.float().to(device), logits[:-1]])
         targets = seg[0] if prev_logits is not None else seg[0, 1:]
         logprobs.append(-F.cross_entropy(predictors, targets, reduction="none"))
         greedy.append(predictors.argmax(-1) == targets)
         prev_logits = logits[-1:]
-        bar.update(stop - start)
-    bar.close()
     return TokenScores(torch.cat(logprobs).cpu(), torch.cat(greedy).cpu(), prev_logits)
 
 

@@ -15,20 +15,22 @@ with accumulation A see exactly the data of 1 process with accumulation N x A.
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from ..attention import enable_scoring
 from ..cache import CompressedCache
 from ..config import LoCoCoConfig
+from ..evaluation.perplexity import perplexity
 from ..extension import add_lora, apply_rope_scaling, embeddings_and_norms, save_extended
+from ..generation import iter_segments
 from ..heads import attach, get_heads, has_heads
 from ..heads_io import load_heads, save_heads
 from ..policies.lococo import LoCoCoPolicy
@@ -119,14 +121,15 @@ def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, acceler
     last_learning = max((t for t, f in enumerate(flags) if f), default=-1)
     total_loss, total_tokens = 0.0, 0
     window: list[torch.Tensor] = []
-    for t, seg in enumerate(ids.split(cfg.segment_size, dim=1)):
-        with nullcontext() if flags[t] else torch.no_grad():
-            out = model(input_ids=seg, labels=seg, past_key_values=cache, use_cache=True)
+    segments = iter_segments(model, ids, cache, cfg.segment_size, grad=flags)
+    for t, (start, stop, out) in enumerate(segments):
+        seg = ids[:, start:stop]
+        loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), seg[:, 1:].flatten().to(out.logits.device))
         n = seg.numel() - seg.shape[0]
-        total_loss += out.loss.item() * n
+        total_loss += loss.item() * n
         total_tokens += n
         if flags[t]:
-            window.append(out.loss)
+            window.append(loss)
         if window and (len(window) == cfg.tbptt or t == last_learning):
             final = sync_at_end and t == last_learning
             with nullcontext() if final else accelerator.no_sync(model):
@@ -137,17 +140,12 @@ def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, acceler
     return total_loss, total_tokens
 
 
-@torch.no_grad()
 def heldout_perplexity(model, rows: torch.Tensor, cfg: TrainConfig) -> float:
-    """Perplexity of held-out rows read through the trained cache (segment by segment)."""
-    nll, tokens = 0.0, 0
-    for row in rows:
-        cache = CompressedCache(model, LoCoCoPolicy.from_model(model))
-        for seg in row[None].split(cfg.segment_size, dim=1):
-            out = model(input_ids=seg, labels=seg, past_key_values=cache, use_cache=True)
-            nll += out.loss.item() * (seg.shape[1] - 1)
-            tokens += seg.shape[1] - 1
-    return math.exp(nll / tokens)
+    """Perplexity of held-out rows read through the trained cache: exactly what ``lococo eval ppl`` computes
+    (:func:`lococo.evaluation.perplexity.perplexity`, every position 1..N-1 of each row scored)."""
+    sequences = [row[None] for row in rows]
+    return perplexity(model, sequences, lambda: CompressedCache(model, LoCoCoPolicy.from_model(model)),
+                      cfg.segment_size, progress=False)["ppl"]
 
 
 def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch.Tensor | None = None,
