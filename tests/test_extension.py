@@ -120,3 +120,20 @@ def test_cli_extension_option_loads_the_unit_and_excludes_heads(tmp_path, monkey
     args.heads = str(tmp_path / "ext")
     with pytest.raises(lococo.LococoError, match="not both"):
         cli.load_model_from_args(args)
+
+
+def test_the_adapter_in_an_extension_folder_loads_with_peft_itself(tmp_path):
+    from peft import PeftModel
+
+    model, lora, _ = _extended()
+    save_extended(model, tmp_path / "ext", lora_config=lora)
+    assert (tmp_path / "ext" / "adapter_config.json").is_file()
+    # peft's own loader on the same base (same RoPE scaling, norms and heads): the same outputs
+    base = build_model(tiny_llama_config(max_position_embeddings=256))
+    apply_rope_scaling(base, 1024)
+    base.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items()
+                          if "lora_" not in k and not k.startswith("lococo.")})
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "ext"))
+    ids = torch.randint(0, 128, (1, 20))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_model(ids).logits, model(ids).logits, atol=1e-5, rtol=1e-5)

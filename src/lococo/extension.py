@@ -22,6 +22,7 @@ from .heads_io import load_heads, save_heads
 
 EXTENSION_NAME = "lococo_extension.json"
 ADAPTER_NAME = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # the key layout of peft's PeftModel.save_pretrained
 EXTRA_NAME = "embeddings_norms.safetensors"
 ROPE_TYPES = ("linear", "yarn", "dynamic")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -75,8 +76,11 @@ def save_extended(model: nn.Module, folder: str | Path, *, lora_config: LoraConf
                   dtype: torch.dtype | None = None) -> Path:
     """Save heads + LoRA adapter + RoPE scaling + trained embeddings/norms into one folder."""
     folder = save_heads(model, folder, dtype=dtype)
-    adapter = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
-    save_file(adapter, str(folder / ADAPTER_NAME))
+    # peft's own adapter folder: PeftModel.from_pretrained(base_model, folder) loads it as any adapter
+    adapter = {PEFT_PREFIX + k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(model).items()}
+    save_file(adapter, str(folder / ADAPTER_NAME), metadata={"format": "pt"})
+    lora_config.base_model_name_or_path = getattr(model.config, "_name_or_path", None)
+    lora_config.save_pretrained(str(folder))
     extra = {k: v.detach().cpu().contiguous() for k, v in embeddings_and_norms(model).items()}
     save_file(extra, str(folder / EXTRA_NAME))
     meta = {
@@ -107,7 +111,8 @@ def load_extended(model: nn.Module, folder: str | Path) -> LoraConfig:
     apply_rope_scaling(model, meta["target_length"], rope["rope_type"])
     lora = meta["lora"]
     config = add_lora(model, lora["r"], lora["lora_alpha"], tuple(lora["target_modules"]))
-    set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_NAME)))
+    adapter = load_file(str(folder / ADAPTER_NAME))
+    set_peft_model_state_dict(model, {k.removeprefix(PEFT_PREFIX): v for k, v in adapter.items()})
     extra = load_file(str(folder / EXTRA_NAME))
     params = embeddings_and_norms(model)
     with torch.no_grad():
