@@ -124,8 +124,9 @@ def test_heads_with_another_memory_size_are_refused_not_silently_used(tiny_llama
     lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=32, kernel_size=3))
     lococo.save_heads(tiny_llama, tmp_path / "m32")
     lococo.detach(tiny_llama)
-    with pytest.raises(lococo.ConfigError, match="--mem-size 16 does not match the heads' M = 32"):
+    with pytest.raises(lococo.ConfigError, match="no trained heads for mem_size=16.*found .*mem_size=32"):
         prepare_cache(tiny_llama, "lococo", mem_size=16, segment_size=8, heads=str(tmp_path / "m32"))
-    lococo.detach(tiny_llama)
     cache = prepare_cache(tiny_llama, "lococo", mem_size=None, segment_size=8, heads=str(tmp_path / "m32"))
     assert cache.policy.mem_size == 32  # no --mem-size: the heads' M
+    with pytest.raises(lococo.ConfigError, match="mem_size 16 does not match the M = 32 of the LoCoCo heads attached"):
+        lococo.make_cache(tiny_llama, "lococo", mem_size=16)

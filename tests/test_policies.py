@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import lococo
 from conftest import build_model, tiny_llama_config
 from lococo import make_cache, make_policy, prefill
 from lococo.errors import ConfigError
@@ -321,3 +322,24 @@ def test_streaming_reindex_runs_batched_and_changes_the_result():
     moved = prefill(model, ids, cache=cache, segment_size=8)
     assert torch.isfinite(moved.logits).all() and cache.stored_length() <= 16 + 8
     assert not torch.allclose(plain.logits, moved.logits)
+
+
+def test_no_policy_name_is_branched_on_outside_the_registry():
+    """Callers build every policy one way; only lococo/policies/ may know a policy by its name."""
+    import re
+    from pathlib import Path
+
+    src = Path(lococo.__file__).parent
+    pattern = re.compile(r"""policy\s*(==|!=|in)\s*\(?["']""")
+    offenders = [f"{p.relative_to(src)}:{i}" for p in src.rglob("*.py") if "policies" not in p.parts
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
+
+
+def test_settings_a_policy_does_not_take_are_clear_errors(tiny_llama):
+    with pytest.raises(lococo.ConfigError, match="policy 'window' takes mem_size, buffer; not heads"):
+        lococo.make_cache(tiny_llama, "window", mem_size=16, heads="x")
+    with pytest.raises(lococo.IncompatibleModelError, match="no LoCoCo heads"):
+        lococo.make_cache(tiny_llama, "lococo")  # nothing attached, nothing asked for
+    cache = lococo.make_cache(tiny_llama, "full", mem_size=16)  # one loop can build every policy
+    assert not cache.policy.compresses

@@ -115,7 +115,7 @@ def _head_grads(model, rows_per_micro, cfg) -> dict[str, torch.Tensor]:
     from accelerate import Accelerator
 
     model.zero_grad(set_to_none=True)
-    scale = loop.loss_scale(cfg, lococo.get_heads(model).config.buffer)
+    scale = loop.loss_scale(cfg)
     for i, rows in enumerate(rows_per_micro):
         loop.sequence_loss(model, model, rows, cfg, Accelerator(cpu=True), scale,
                            sync_at_end=i == len(rows_per_micro) - 1)

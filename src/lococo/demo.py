@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     ids = long_text_ids(tokenizer, args.tokens)
     cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
     heads_note = ""
-    if args.policy == "lococo":
+    if getattr(cache.policy, "heads", None) is not None:  # a learned policy: say which heads it reads with
         from .heads_io import shipped_heads
 
         shipped = None if args.heads else shipped_heads(model, cache.policy.mem_size)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     gen_s = time.perf_counter() - start
     new = out[0, ids.shape[1] :]
 
-    mem = "all tokens" if args.policy == "full" else f"M = {cache.policy.mem_size}"
+    mem = f"M = {cache.policy.mem_size}" if cache.policy.compresses else "all tokens"
     print(f"policy:                {args.policy}, {mem}, B = {args.segment_size}{heads_note}")
     print(f"tokens read:           {args.tokens} in {read_s:.1f} s ({args.tokens / read_s:.0f} tokens/s)")
     print(f"tokens generated:      {len(new)} in {gen_s:.1f} s ({len(new) / max(gen_s, 1e-9):.1f} tokens/s)")

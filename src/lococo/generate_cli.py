@@ -21,30 +21,18 @@ def add_policy_args(parser: argparse.ArgumentParser, *, many: bool = False) -> N
                         "for the reference model if they match --mem-size, else untrained heads)")
 
 
-DEFAULT_MEM_SIZE = 128
-
-
 def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, heads: str | None):
-    """Attach/load heads as needed and return a fresh cache for ``policy``.
+    """A fresh cache for ``policy`` with the settings it takes (:func:`lococo.policies.policy_settings`).
 
-    ``mem_size=None``: 128, or for LoCoCo the M of the given heads. Heads whose M differs from an explicit
-    ``mem_size`` are refused (never a silent choice).
+    ``mem_size=None``: the policy's default M (128), or for LoCoCo the M of its heads: ``heads`` if given,
+    else those attached, else the ones shipped for this model (M = 128), else fresh ones. Heads whose M
+    differs from an explicit ``mem_size`` are refused (never a silent choice).
     """
-    import lococo
+    from .generation import make_cache
+    from .policies import policy_settings
 
-    if policy == "lococo" and not lococo.has_heads(model):
-        folder = heads or lococo.shipped_heads(model, mem_size or DEFAULT_MEM_SIZE)
-        if folder:
-            lococo.load_heads(model, folder)
-        else:
-            lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size or DEFAULT_MEM_SIZE, segment_size=segment_size))
-    if policy == "lococo" and mem_size is not None and lococo.get_heads(model).config.mem_size != mem_size:
-        raise lococo.ConfigError(
-            f"--mem-size {mem_size} does not match the heads' M = {lococo.get_heads(model).config.mem_size} "
-            f"({heads or 'attached heads'}): drop --mem-size or pass heads trained for M = {mem_size}"
-        )
-    kwargs = {} if policy in ("lococo", "full") else {"mem_size": mem_size or DEFAULT_MEM_SIZE}
-    return lococo.make_cache(model, policy, **kwargs)
+    return make_cache(model, policy, **policy_settings(policy, mem_size=mem_size, heads=heads or "auto",
+                                                       segment_size=segment_size))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 
 from ._version import __version__
 from .config import LoCoCoConfig
-from .errors import IncompatibleModelError, LococoError
+from .errors import ConfigError, IncompatibleModelError, LococoError
 from .heads import LoCoCoHeads, attach, get_heads, has_heads
 from .models_support import attention_layout
 
@@ -150,6 +151,36 @@ def push_heads_to_hub(model: nn.Module, repo_id: str, *, private: bool = False, 
         folder = save_heads(model, Path(tmp) / "heads", dtype=dtype)
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Upload LoCoCo heads")
     return str(url)
+
+
+def find_heads(model: nn.Module, heads: str | Path | Sequence[str | Path], mem_size: int | None) -> Path:
+    """The heads folder among ``heads`` trained with ``mem_size`` (``"shipped"``: lococo's own, if any).
+
+    ``heads`` is one folder (or hub id) or several; a cell at M slots uses the one whose config says
+    ``mem_size=M``, so one grid can evaluate trained heads at several memory sizes.
+    """
+    folders = [heads] if isinstance(heads, (str, Path)) else list(heads)
+    if mem_size is None:  # no M asked for: the one folder given (the shipped heads for the default M)
+        if len(folders) != 1:
+            raise ConfigError(f"several heads folders {[str(f) for f in folders]}: say which M (mem_size) to use")
+        path = shipped_heads(model, LoCoCoConfig.mem_size) if str(folders[0]) == "shipped" else resolve_heads(folders[0])
+        if path is None:
+            raise ConfigError(f"no LoCoCo heads ship with lococo for this model at M = {LoCoCoConfig.mem_size}")
+        return path
+    found = []
+    for folder in folders:
+        path = shipped_heads(model, mem_size) if str(folder) == "shipped" else resolve_heads(folder)
+        if path is None:
+            continue
+        config, _ = read_heads_config(path)
+        if config.mem_size == mem_size:
+            return path
+        found.append(f"{folder} (mem_size={config.mem_size})")
+    raise ConfigError(
+        f"no trained heads for mem_size={mem_size} in --heads {' '.join(map(str, folders))}"
+        + (f": found {', '.join(found)}" if found else "")
+        + f"; pass heads trained with M={mem_size} or drop {mem_size} from --mem-size"
+    )
 
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "pretrained"

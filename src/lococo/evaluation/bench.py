@@ -66,16 +66,16 @@ def segment_times(model, ids, cache, segment_size: int) -> tuple[list[float], to
 
 def run_cell(cell: dict) -> dict:
     """Measure one cell in this process (called in a fresh subprocess by :func:`run_grid`)."""
-    from lococo.data import long_text_ids
-    from lococo.models import load_model
-
+    from ..data import long_text_ids
+    from ..models import load_model
+    from ..policies import policy_class
     from .grid import policy_caches
 
     torch.manual_seed(cell.get("seed", 0))
     torch.set_num_threads(cell.get("threads") or torch.get_num_threads())
     model, tokenizer = load_model(cell.get("model"))
     if cell.get("extension"):
-        from lococo.extension import load_extended
+        from ..extension import load_extended
 
         load_extended(model, cell["extension"])
     policy, mem_size, segment_size = cell["policy"], cell["mem_size"], cell["segment_size"]
@@ -83,7 +83,8 @@ def run_cell(cell: dict) -> dict:
     with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads") or cell.get("extension"),
                        seed=cell.get("seed", 0)) as new_cache:
         measured = _measure(model, new_cache(), ids, segment_size, cell["decode_tokens"])
-    return {"policy": policy, "mem_size": None if policy == "full" else mem_size, "segment_size": segment_size,
+    return {"policy": policy, "mem_size": mem_size if policy_class(policy).uses_mem_size else None,
+            "segment_size": segment_size,
             "length": cell["length"], **measured}
 
 

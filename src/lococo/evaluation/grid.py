@@ -6,7 +6,7 @@ JSON (same kind and configuration, see :func:`lococo.evaluation.report.load_reco
 per cell (the cell's keys plus its metrics) and rewrites the JSON atomically, the Markdown table and the
 PNG plot after each cell, so an interrupted grid resumes where it stopped.
 
-:func:`policy_caches` prepares the model for one policy (fresh, untrained LoCoCo heads, or heads loaded
+:func:`policy_caches` binds one policy to the model (for LoCoCo: fresh, untrained heads, or heads loaded
 from a folder) and yields a factory of fresh caches; the heads are detached again afterwards.
 """
 
@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from ..policies import policy_class
 from .report import load_records, write_report
 
 if TYPE_CHECKING:
@@ -58,9 +58,10 @@ def expand_cells(
     cells = []
     for length in lengths:
         for policy in policies:
-            for mem in [None] if policy == "full" else mem_sizes:
-                if mem is None and policy != "full":
-                    raise ConfigError(f"policy {policy!r} needs at least one --mem-size")
+            uses_mem_size = policy_class(policy).uses_mem_size
+            if uses_mem_size and not mem_sizes:
+                raise ConfigError(f"policy {policy!r} needs at least one --mem-size")
+            for mem in mem_sizes if uses_mem_size else [None]:
                 for combo in extra:
                     cell = {"policy": policy, "mem_size": mem, "segment_size": segment_size, "length": length}
                     cells.append({**cell, **dict(combo)})
@@ -70,31 +71,6 @@ def expand_cells(
 def cell_key(cell: dict[str, Any], extra_keys: Sequence[str] = ()) -> tuple:
     """What identifies a cell (or the record it produced) for resuming."""
     return tuple(cell.get(k) for k in (*CELL_KEYS, *extra_keys))
-
-
-def heads_for(model: nn.Module, heads: str | Path | Sequence[str | Path], mem_size: int) -> Path:
-    """The heads folder among ``heads`` trained with ``mem_size`` (``"shipped"``: lococo's own, if any).
-
-    ``heads`` is one folder (or hub id) or several; a cell at M slots uses the one whose config says
-    ``mem_size=M``, so one grid can evaluate trained heads at several memory sizes.
-    """
-    from ..heads_io import read_heads_config, resolve_heads, shipped_heads
-
-    folders = [heads] if isinstance(heads, (str, Path)) else list(heads)
-    found = []
-    for folder in folders:
-        path = shipped_heads(model, mem_size) if str(folder) == "shipped" else resolve_heads(folder)
-        if path is None:
-            continue
-        config, _ = read_heads_config(path)
-        if config.mem_size == mem_size:
-            return path
-        found.append(f"{folder} (mem_size={config.mem_size})")
-    raise ConfigError(
-        f"no trained heads for mem_size={mem_size} in --heads {' '.join(map(str, folders))}"
-        + (f": found {', '.join(found)}" if found else "")
-        + f"; pass heads trained with M={mem_size} or drop {mem_size} from --mem-size"
-    )
 
 
 @contextmanager
@@ -107,47 +83,29 @@ def policy_caches(
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
 ) -> Iterator[CacheFactory]:
-    """Prepare ``model`` for ``policy`` and yield a function returning fresh caches for it.
+    """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it.
 
-    ``lococo`` attaches fresh heads ``LoCoCoConfig(mem_size, segment_size)`` (initialised from ``seed``)
-    or, with ``heads_dir`` (one folder or several, see :func:`heads_for`), loads trained ones; they are
-    detached on exit, leaving the model unchanged.
-    ``full`` ignores ``mem_size``; ``random`` is seeded with ``seed``. Heads already attached to the model
-    before the call are kept aside and put back on exit.
+    The policy takes what it uses of ``mem_size``, ``heads_dir`` (trained heads: one folder or several, one
+    per M, or ``"shipped"``), ``segment_size`` and ``seed`` (:func:`lococo.policies.policy_settings`); a
+    policy that attaches something to the model (LoCoCo's heads) has it removed on exit, and heads attached
+    before the call are put back.
     """
-    import lococo
+    from ..generation import make_cache
+    from ..heads import ATTR, detach, has_heads
+    from ..policies import make_policy, policy_settings
 
-    if policy != "full" and mem_size is None:
+    if policy_class(policy).uses_mem_size and mem_size is None:
         raise ConfigError(f"policy {policy!r} needs a mem_size")
-    previous = lococo.detach(model) if lococo.has_heads(model) else None
+    previous = detach(model) if has_heads(model) else None
     try:
-        if policy == "lococo":
-            if heads_dir:
-                lococo.load_heads(model, heads_for(model, heads_dir, mem_size))
-            else:
-                torch.manual_seed(seed)
-                lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem_size, segment_size=segment_size))
-            yield lambda: lococo.make_cache(model, "lococo")
-        elif policy == "full":
-            yield lambda: lococo.make_cache(model, "full")
-        else:
-            kwargs: dict[str, Any] = {"mem_size": mem_size}
-            if policy == "random":
-                kwargs["seed"] = seed
-            lococo.make_policy(policy, model=model, **kwargs)  # fail early on bad settings
-            yield lambda: lococo.make_cache(model, policy, **kwargs)
+        bound = make_policy(policy, model=model, **policy_settings(
+            policy, mem_size=mem_size, heads=heads_dir or "fresh", segment_size=segment_size, seed=seed))
+        yield lambda: make_cache(model, bound)
     finally:
-        if lococo.has_heads(model):
-            lococo.detach(model)
+        if has_heads(model):
+            detach(model)
         if previous is not None:
-            _reattach(model, previous)
-
-
-def _reattach(model: nn.Module, heads: Any) -> None:
-    """Put back heads that were attached before :func:`policy_caches` (same attribute as ``attach``)."""
-    from ..heads import ATTR
-
-    model.add_module(ATTR, heads)
+            model.add_module(ATTR, previous)  # put back the heads that were attached before
 
 
 def run_grid(

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from ..generation import generate, prefill
+from ..policies import policy_class
 from .grid import policy_caches
 from .perplexity import score_tokens
 
@@ -94,7 +95,7 @@ class LococoLM(TemplateLM):
         self._stack = ExitStack()
         self.new_cache = self._stack.enter_context(
             policy_caches(
-                self.model, policy, None if policy == "full" else self.mem_size, self.segment_size,
+                self.model, policy, self.mem_size if policy_class(policy).uses_mem_size else None, self.segment_size,
                 heads_dir=heads, seed=int(seed),
             )
         )

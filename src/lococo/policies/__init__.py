@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from typing import Any
 
 from torch import nn
 
@@ -25,18 +26,35 @@ def policy_names() -> list[str]:
     return sorted(POLICIES)
 
 
-def make_policy(name: str, model: nn.Module | None = None, **kwargs) -> Policy:
-    """Build the policy ``name``. Policies that need the model (``lococo``: its heads; ``streaming`` with
-    ``reindex_positions``: its RoPE) take it through their ``from_model`` constructor."""
+def make_policy(name: str, model: nn.Module | None = None, **settings) -> Policy:
+    """Build the policy ``name`` with ``settings`` (bound to ``model`` through :meth:`Policy.for_model`).
+
+    Policies that need the model (``lococo``: its heads; ``streaming`` with ``reindex_positions``: its RoPE)
+    must get it. Unknown names and settings are clear errors.
+    """
+    cls = policy_class(name)
+    if model is not None:
+        return cls.for_model(model, **settings)
+    if cls.needs_model:
+        raise ConfigError(f"the {name} policy needs the model: make_cache(model, {name!r}, ...)")
+    return cls.build(**settings)
+
+
+def policy_class(name: str) -> type[Policy]:
+    """The registered class of policy ``name`` (clear error listing the names otherwise)."""
     if name not in POLICIES:
         raise ConfigError(f"unknown policy {name!r}; choose one of: {', '.join(policy_names())}")
-    cls = POLICIES[name]
-    from_model: Callable[..., Policy] | None = getattr(cls, "from_model", None)
-    if from_model is not None and model is not None:
-        return from_model(model, **kwargs)
-    if name == "lococo":
-        raise ConfigError("the lococo policy needs the model its heads are attached to")
-    return cls(**kwargs)
+    return POLICIES[name]
+
+
+def policy_settings(name: str, **common: Any) -> dict[str, Any]:
+    """The subset of the common command-line/grid settings (``mem_size``, ``heads``, ``segment_size``,
+    ``seed``, ...) that policy ``name`` takes, None values dropped: callers never branch on policy names."""
+    cls = policy_class(name)
+    accepted = set(inspect.signature(cls.for_model).parameters) | set(inspect.signature(cls.__init__).parameters)
+    if not cls.uses_mem_size:
+        accepted.discard("mem_size")
+    return {k: v for k, v in common.items() if v is not None and k in accepted}
 
 
 def _register_builtin() -> None:
@@ -45,4 +63,4 @@ def _register_builtin() -> None:
 
 _register_builtin()
 
-__all__ = ["POLICIES", "Policy", "make_policy", "policy_names", "register_policy"]
+__all__ = ["POLICIES", "Policy", "make_policy", "policy_class", "policy_names", "policy_settings", "register_policy"]

@@ -28,12 +28,35 @@ class Policy:
             None (no scores), "last" (column sums of the latest forward), "accumulated" (sums over all
             forwards, H2O), or "window" (column sums of the last ``score_window`` queries, SnapKV/TOVA).
         compresses: False only for the full cache.
+        uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
+        needs_model: True if the policy can only be built for a model (``lococo``: its heads).
+
+    Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
+    that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
     """
 
     name: ClassVar[str] = "base"
     score_mode: ClassVar[str | None] = None
     compresses: ClassVar[bool] = True
+    uses_mem_size: ClassVar[bool] = True
+    needs_model: ClassVar[bool] = False
     score_window: int | None = None
+
+    @classmethod
+    def for_model(cls, model, **settings) -> Policy:
+        """The policy with ``settings`` for ``model`` (most policies do not need the model)."""
+        return cls.build(**settings)
+
+    @classmethod
+    def build(cls, **settings) -> Policy:
+        """``cls(**settings)``, with a clear error naming the settings the policy takes."""
+        import inspect
+
+        accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(settings) - set(accepted))
+        if unknown:
+            raise ConfigError(f"policy {cls.name!r} takes {', '.join(accepted)}; not {', '.join(unknown)}")
+        return cls(**settings)
 
     def __init__(self, mem_size: int = 128, buffer: int = 16) -> None:
         if mem_size < 1:

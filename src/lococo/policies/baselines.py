@@ -55,6 +55,14 @@ class FullPolicy(Policy):
 
     name = "full"
     compresses = False
+    uses_mem_size = False
+
+    def __init__(self, mem_size: int | None = None, buffer: int = 0) -> None:
+        del mem_size  # keeps every token: accepted so that one loop can build every policy, and ignored
+        super().__init__(mem_size=1, buffer=buffer)
+
+    def __repr__(self) -> str:
+        return "FullPolicy()"
 
     def compress(self, keys, values, scores, valid):  # never called
         return keys, values, scores
@@ -106,14 +114,14 @@ class StreamingPolicy(Policy):
         self.inv_freq = None if inv_freq is None else inv_freq.detach().float()
 
     @classmethod
-    def from_model(cls, model, **kwargs) -> StreamingPolicy:
+    def for_model(cls, model, **kwargs) -> StreamingPolicy:
         if kwargs.get("reindex_positions"):
             base = getattr(model, "model", model)
             rotary = getattr(base, "rotary_emb", None)
             if rotary is None or getattr(rotary, "rope_type", "default") == "dynamic":
                 raise ConfigError("streaming: reindex_positions needs a model with a static RoPE (rotary_emb)")
             kwargs["inv_freq"] = rotary.inv_freq
-        return cls(**kwargs)
+        return cls.build(**kwargs)
 
     def compress(self, keys, values, scores, valid):
         rank = recency_scores(keys[..., 0], valid).masked_fill(first_valid(valid, keys, self.n_sink), POS_INF)

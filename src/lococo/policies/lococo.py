@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 
+from ..config import LoCoCoConfig
 from ..errors import ConfigError
 from ..heads import ConvCompressorHead, LoCoCoHeads
 from . import register_policy
@@ -68,10 +72,12 @@ def lococo_compress(
 
 @register_policy
 class LoCoCoPolicy(Policy):
-    """The learned compressor: needs the heads attached to the model (``lococo.attach`` / ``load_heads``)."""
+    """The learned compressor. Its settings (M, buffer, rho, ...) are those of its heads' config: the heads
+    own them, so there is one place to read them from. Build it with :meth:`for_model`."""
 
     name = "lococo"
     score_mode = "last"
+    needs_model = True
 
     def __init__(self, heads: LoCoCoHeads, layer_idx: int | None = None) -> None:
         config = heads.config
@@ -83,16 +89,48 @@ class LoCoCoPolicy(Policy):
         self.score_mode = config.score_mode
 
     @classmethod
-    def from_model(cls, model, **overrides) -> LoCoCoPolicy:
-        """The policy of the heads attached to ``model`` (``mem_size``/``buffer`` come from their config)."""
-        from ..heads import get_heads
+    def for_model(
+        cls,
+        model,
+        *,
+        mem_size: int | None = None,
+        heads: str | Path | Sequence[str | Path] | None = None,
+        segment_size: int | None = None,
+        seed: int | None = None,
+    ) -> LoCoCoPolicy:
+        """Bind LoCoCo to ``model``: attach or load its heads, and check them against ``mem_size``.
 
-        if overrides:
+        ``heads``:
+          None: the heads attached to ``model`` (a clear error if there are none);
+          ``"fresh"``: untrained heads ``LoCoCoConfig(mem_size or 128, segment_size or 512)`` seeded with
+          ``seed``, unless heads are attached;
+          ``"auto"``: the attached heads, else the heads shipped with lococo for this model and M, else fresh;
+          a folder, hub id or ``"shipped"``, or several (the one trained for ``mem_size`` is taken): load
+          those, replacing attached heads.
+        Heads whose M differs from an explicit ``mem_size`` are refused, never silently used.
+        """
+        from ..heads import attach, get_heads, has_heads
+        from ..heads_io import find_heads, load_heads, shipped_heads
+
+        want = mem_size or LoCoCoConfig.mem_size
+        if heads not in (None, "auto", "fresh"):
+            load_heads(model, find_heads(model, heads, mem_size), replace=True)
+        elif heads is not None and not has_heads(model):
+            folder = shipped_heads(model, want) if heads == "auto" else None
+            if folder is not None:
+                load_heads(model, folder)
+            else:
+                if seed is not None:
+                    torch.manual_seed(seed)
+                attach(model, LoCoCoConfig(mem_size=want, segment_size=segment_size or LoCoCoConfig.segment_size))
+        attached = get_heads(model)
+        if mem_size is not None and attached.config.mem_size != mem_size:
             raise ConfigError(
-                "the lococo policy takes mem_size/buffer from its heads' config; attach heads built with the "
-                f"settings you want instead of passing {sorted(overrides)}"
+                f"mem_size {mem_size} does not match the M = {attached.config.mem_size} of the LoCoCo heads "
+                f"{'in ' + str(heads) if heads not in (None, 'auto', 'fresh') else 'attached to the model'}: drop "
+                f"mem_size (the heads own it) or use heads trained for M = {mem_size}"
             )
-        return cls(get_heads(model))
+        return cls(attached)
 
     def for_layer(self, layer_idx: int) -> LoCoCoPolicy:
         return LoCoCoPolicy(self.heads, layer_idx)

@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from ..attention import enable_scoring
 from ..cache import CompressedCache
 from ..config import LoCoCoConfig
+from ..errors import ConfigError
 from ..evaluation.perplexity import perplexity
 from ..extension import add_lora, apply_rope_scaling, embeddings_and_norms, save_extended
-from ..generation import iter_segments
+from ..generation import iter_segments, make_cache
 from ..heads import attach, get_heads, has_heads
 from ..heads_io import load_heads, save_heads
-from ..policies.lococo import LoCoCoPolicy
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -72,6 +72,12 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
         load_heads(model, cfg.init_heads, replace=True)
     elif not has_heads(model):
         attach(model, LoCoCoConfig(**cfg.lococo_config()))
+    heads = get_heads(model).config
+    if (heads.mem_size, heads.buffer) != (cfg.mem_size, cfg.buffer):
+        raise ConfigError(
+            f"the heads to train have mem_size={heads.mem_size}, buffer={heads.buffer} but the training config says "
+            f"mem_size={cfg.mem_size}, buffer={cfg.buffer}: make them agree (the heads own these settings)"
+        )
     lora_config = add_lora(model, cfg.lora_r, cfg.lora_alpha) if cfg.extend_to else None
     enable_scoring(model)
     model.eval()  # the frozen model: no dropout; the heads have none
@@ -100,14 +106,19 @@ def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer:
     return flags
 
 
-def loss_scale(cfg: TrainConfig, buffer: int) -> float:
+def loss_scale(cfg: TrainConfig) -> float:
     """Factor on each segment's loss so that one optimiser step's gradient is that of the mean loss.
 
     A segment's loss is already the mean over the rows of its batch, so only learning segments and
     accumulation steps are divided out: the gradient does not depend on how rows are split into batches.
     """
-    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, buffer))
+    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, cfg.buffer))
     return 1.0 / (max(n_learn, 1) * cfg.grad_accum)
+
+
+def _new_cache(model) -> CompressedCache:
+    """A cache of the heads attached to ``model`` (they own M and the buffer)."""
+    return make_cache(model, "lococo", prefill_chunk_size=None)
 
 
 def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
@@ -116,8 +127,9 @@ def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, acceler
 
     Gradients are synchronised across processes only on the last backward when ``sync_at_end``.
     """
-    cache = CompressedCache(unwrapped, LoCoCoPolicy.from_model(unwrapped))
-    flags = learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, get_heads(unwrapped).config.buffer)
+    cache = _new_cache(unwrapped)
+    heads = get_heads(unwrapped).config
+    flags = learning_segments(cfg.n_segments, cfg.segment_size, heads.mem_size, heads.buffer)
     last_learning = max((t for t, f in enumerate(flags) if f), default=-1)
     total_loss, total_tokens = 0.0, 0
     window: list[torch.Tensor] = []
@@ -144,8 +156,7 @@ def heldout_perplexity(model, rows: torch.Tensor, cfg: TrainConfig) -> float:
     """Perplexity of held-out rows read through the trained cache: exactly what ``lococo eval ppl`` computes
     (:func:`lococo.evaluation.perplexity.perplexity`, every position 1..N-1 of each row scored)."""
     sequences = [row[None] for row in rows]
-    return perplexity(model, sequences, lambda: CompressedCache(model, LoCoCoPolicy.from_model(model)),
-                      cfg.segment_size, progress=False)["ppl"]
+    return perplexity(model, sequences, lambda: _new_cache(model), cfg.segment_size, progress=False)["ppl"]
 
 
 def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch.Tensor | None = None,
@@ -181,7 +192,7 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = cfg.grad_accum * world * cfg.batch_size
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
-    scale = loss_scale(cfg, get_heads(unwrapped).config.buffer)
+    scale = loss_scale(cfg)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
