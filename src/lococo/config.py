@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,9 @@ from .errors import ConfigError
 SCORE_MODES = ("last", "accumulated")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
-LEGACY_FIELDS = ("clamp_lambda",)
-"""Fields of older configs that are read and ignored (lococo 0.1: lambda is now in [0, 1] by construction)."""
+LEGACY_FIELDS = ("clamp_lambda", "extra")
+"""Fields of lococo 0.1 configs that are read and ignored (lambda is now in [0, 1] by construction; ``extra``
+was never read)."""
 
 
 @dataclass
@@ -54,7 +55,6 @@ class LoCoCoConfig:
     local_window: int = 0
     score_mode: str = "last"
     head_dtype: str = "float32"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()

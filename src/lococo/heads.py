@@ -109,15 +109,16 @@ def legacy_lambda_to_logit(lam: torch.Tensor) -> torch.Tensor:
 
 
 class LoCoCoHeads(nn.Module):
-    """All heads of a model (``heads[i]`` for attention layer i; None-free: one per layer index)."""
+    """All heads of a model: one per compressed (global attention) layer, ``head(i)`` for layer index i.
 
-    def __init__(self, config: LoCoCoConfig, head_dim: int, num_layers: int, compressed_layers: list[int]) -> None:
+    Sliding-window layers keep their own window and have no head.
+    """
+
+    def __init__(self, config: LoCoCoConfig, head_dim: int, compressed_layers: list[int]) -> None:
         super().__init__()
         self.config = config
-        self.head_dim = head_dim
         self.compressed_layers = list(compressed_layers)
         self.heads = nn.ModuleDict({str(i): ConvCompressorHead(head_dim, config) for i in compressed_layers})
-        self.num_layers = num_layers
 
     def head(self, layer_idx: int) -> ConvCompressorHead:
         return self.heads[str(layer_idx)]
@@ -140,7 +141,7 @@ def attach(model: nn.Module, config: LoCoCoConfig | None = None) -> LoCoCoHeads:
     if has_heads(model):
         raise IncompatibleModelError("this model already has LoCoCo heads attached; call lococo.detach(model) first")
     layout = attention_layout(model)
-    heads = LoCoCoHeads(config, layout.head_dim, layout.num_layers, layout.compressed_layers)
+    heads = LoCoCoHeads(config, layout.head_dim, layout.compressed_layers)
     dtype = _head_dtype(config, model)
     for i in layout.compressed_layers:
         heads.head(i).to(device=layout.devices[i], dtype=dtype)

@@ -2,7 +2,8 @@
 
 A policy answers one question: given the stored keys/values of a layer (more than ``mem_size`` of them),
 which ``mem_size`` slots remain? It never decides *when* to compress (the cache layer does, lazily,
-as in docs/method.md) and never sees padding rows that are not being compressed.
+as in docs/method.md). It is given every row of the batch; rows the cache is not compressing (a padded row
+with too few real tokens) are computed too and discarded by the cache, so the policy needs no row logic.
 
 Shapes: keys/values ``[batch, kv_heads, L, head_dim]``, scores ``[batch, kv_heads, L]`` (or None),
 valid ``[batch, L]`` bool (or None when every slot holds a real token).

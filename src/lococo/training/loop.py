@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from ..attention import enable_scoring
 from ..cache import CompressedCache
@@ -82,18 +83,6 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
     enable_scoring(model)
     model.eval()  # the frozen model: no dropout; the heads have none
     return lora_config
-
-
-def lr_lambda(cfg: TrainConfig):
-    """Linear warm-up (optional) then linear decay to zero, as the authors."""
-
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        remaining = cfg.max_steps - step
-        return max(0.0, remaining / max(1, cfg.max_steps - cfg.warmup_steps))
-
-    return factor
 
 
 def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer: int) -> list[bool]:
@@ -176,7 +165,7 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     lora_config = prepare_model(model, cfg)
     groups = trainable_parameters(model, cfg)
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    scheduler = get_linear_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)  # as the authors
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
