@@ -64,12 +64,22 @@ def add_lora(model: nn.Module, r: int = 8, alpha: int = 16, targets: tuple[str, 
     return config
 
 
+def _is_embedding_or_norm(module: nn.Module) -> bool:
+    if isinstance(module, (nn.Embedding, nn.LayerNorm, nn.RMSNorm, nn.GroupNorm)):
+        return True
+    return type(module).__name__.endswith(("RMSNorm", "LayerNorm"))  # models' own norm classes
+
+
 def embeddings_and_norms(model: nn.Module) -> dict[str, nn.Parameter]:
-    """The parameters LongLoRA also trains: token embeddings and every norm (LoRA and heads excluded)."""
-    return {
-        name: p for name, p in model.named_parameters()
-        if not name.startswith("lococo.") and "lora_" not in name and ("embed" in name or "norm" in name)
-    }
+    """The parameters LongLoRA also trains: token embeddings and every norm, chosen by module type (the
+    LoCoCo heads and LoRA adapters excluded)."""
+    params = {}
+    for name, module in model.named_modules():
+        if name.startswith("lococo") or "lora_" in name or not _is_embedding_or_norm(module):
+            continue
+        for pname, p in module.named_parameters(recurse=False):
+            params[f"{name}.{pname}" if name else pname] = p
+    return params
 
 
 def save_extended(model: nn.Module, folder: str | Path, *, lora_config: LoraConfig,
