@@ -13,8 +13,7 @@ training split. Never train on the held-out split.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,25 +189,6 @@ def load_texts(
     return _load_hf_dataset(text, split, text_field)
 
 
-@contextmanager
-def _no_length_warning(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
-    """Silence "Token indices sequence length is longer than the specified maximum" (we never truncate)."""
-    warnings = getattr(tokenizer, "deprecation_warnings", None)
-    if not isinstance(warnings, dict):
-        yield
-        return
-    key = "sequence-length-is-longer-than-the-specified-maximum"
-    had, previous = key in warnings, warnings.get(key)
-    warnings[key] = True  # marks the warning as already shown
-    try:
-        yield
-    finally:
-        if had:
-            warnings[key] = previous
-        else:
-            del warnings[key]
-
-
 def tokenize_documents(
     docs: Iterable[Document | str],
     tokenizer: PreTrainedTokenizerBase,
@@ -223,8 +203,8 @@ def tokenize_documents(
         return []
     if add_eos and tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no EOS token; pass add_eos=False")
-    with _no_length_warning(tokenizer):
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # verbose=False: the tokenizer's own switch for "sequence longer than the model maximum" (we never truncate)
+    ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
     return [list(x) + [tokenizer.eos_token_id] if add_eos else list(x) for x in ids]
 
 
