@@ -44,7 +44,7 @@ class CharTokenizer:
         ids = [ord(c) if 32 <= ord(c) < 128 else 32 for c in text]
         return [self.bos_token_id, *ids] if add_special_tokens else ids
 
-    def __call__(self, texts: list[str], add_special_tokens: bool = False) -> dict[str, list[list[int]]]:
+    def __call__(self, texts: list[str], add_special_tokens: bool = False, verbose: bool = True) -> dict[str, list[list[int]]]:
         return {"input_ids": [self.encode(t, add_special_tokens) for t in texts]}
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
