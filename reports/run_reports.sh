@@ -32,7 +32,7 @@ if [[ "$WHAT" == all || "$WHAT" == ppl ]]; then
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == ppl-trained ]]; then
-    # The same sequence with the heads shipped in src/lococo/pretrained/ (reports/training/).
+    # The same sequence with the heads shipped in src/lococo/compressor/pretrained/ (reports/training/).
     lococo eval ppl --policy lococo --heads shipped --length 8192 --segment-size 512 --mem-size 128 512 \
         --limit-docs 1 "${RUN[@]}" --output reports/ppl_trained.json
     python reports/summarize_ppl.py reports/ppl.json reports/ppl_trained.json --output reports/ppl_summary.md

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 import lococo
-from lococo import cli
 from lococo._version import __version__
+from lococo.commands import cli
 from lococo.errors import LococoError
 
 
@@ -109,7 +109,7 @@ def test_train_refuses_a_bad_recipe_before_loading(capsys):
 
 @pytest.mark.parametrize("policy", ["lococo", "full", "tova"])
 def test_generate_prepares_a_cache_for_any_policy(tiny_llama, policy):
-    from lococo.generate_cli import prepare_cache
+    from lococo.commands.generate import prepare_cache
 
     cache = prepare_cache(tiny_llama, policy, mem_size=16, segment_size=8, heads=None)
     assert cache.policy.name == policy
@@ -119,7 +119,7 @@ def test_generate_prepares_a_cache_for_any_policy(tiny_llama, policy):
 
 
 def test_heads_with_another_memory_size_are_refused_not_silently_used(tiny_llama, tmp_path):
-    from lococo.generate_cli import prepare_cache
+    from lococo.commands.generate import prepare_cache
 
     lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=32, kernel_size=3))
     lococo.save_heads(tiny_llama, tmp_path / "m32")

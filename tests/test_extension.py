@@ -103,7 +103,8 @@ def test_training_changes_only_lora_heads_and_chosen_extras(tmp_path, train_embe
 def test_cli_extension_option_loads_the_unit_and_excludes_heads(tmp_path, monkeypatch):
     import argparse
 
-    from lococo import cli, models
+    from lococo import models
+    from lococo.commands import cli
 
     model, lora, _ = _extended()
     ids = torch.randint(0, 128, (1, 70))

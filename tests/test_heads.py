@@ -7,8 +7,8 @@ from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForC
 import lococo
 from conftest import build_model
 from lococo import IncompatibleModelError, LoCoCoConfig
-from lococo.heads import ConvCompressorHead
-from lococo.policies.lococo import lococo_compress
+from lococo.compressor.heads import ConvCompressorHead
+from lococo.compressor.policy import lococo_compress
 
 
 def test_attach_adds_named_parameters_and_leaves_base_untouched(tiny_llama):

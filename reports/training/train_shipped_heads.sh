@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the LoCoCo heads shipped in src/lococo/pretrained/ for the offline reference model (issue #6).
+# Train the LoCoCo heads shipped in src/lococo/compressor/pretrained/ for the offline reference model (issue #6).
 #
 #   bash reports/training/train_shipped_heads.sh m128     # ~65 min on 1 CPU thread (bf16)
 #   bash reports/training/train_shipped_heads.sh m512     # ~60 min on 1 CPU thread (bf16)
@@ -31,7 +31,7 @@ case "${1:-}" in
             m512) src=runs/m512 ;;
             *) echo "usage: $0 ship m128|m512" >&2; exit 2 ;;
         esac
-        dst="src/lococo/pretrained/smollm2-135m-$2"; log="reports/training/$2"
+        dst="src/lococo/compressor/pretrained/smollm2-135m-$2"; log="reports/training/$2"
         rm -rf "$dst"; mkdir -p "$(dirname "$dst")" "$log"; cp -r "$src/heads" "$dst"
         cp "$src/metrics.jsonl" "$log/metrics.jsonl"
         python -c "import sys; from lococo.training.curves import plot_metrics as p; p(sys.argv[1], sys.argv[2])" \

@@ -20,11 +20,11 @@ from ._version import __version__
 _EXPORTS = {
     "attention": ["disable_scoring", "enable_scoring"],
     "cache": ["CompressedCache", "CompressedLayer"],
-    "config": ["LoCoCoConfig"],
+    "compressor.config": ["LoCoCoConfig"],
     "errors": ["ConfigError", "FetchError", "IncompatibleModelError", "LococoError"],
     "generation": ["generate", "make_cache", "prefill"],
-    "heads": ["attach", "detach", "get_heads", "has_heads"],
-    "heads_io": ["load_heads", "push_heads_to_hub", "save_heads", "shipped_heads"],
+    "compressor.heads": ["attach", "detach", "get_heads", "has_heads"],
+    "compressor.heads_io": ["load_heads", "push_heads_to_hub", "save_heads", "shipped_heads"],
     "models": ["load_model"],
     "policies": ["Policy", "make_policy", "policy_names", "register_policy"],
 }
@@ -52,10 +52,10 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and IDEs
     from .attention import disable_scoring, enable_scoring  # noqa: F401
     from .cache import CompressedCache, CompressedLayer  # noqa: F401
-    from .config import LoCoCoConfig  # noqa: F401
+    from .compressor.config import LoCoCoConfig  # noqa: F401
+    from .compressor.heads import attach, detach, get_heads, has_heads  # noqa: F401
+    from .compressor.heads_io import load_heads, push_heads_to_hub, save_heads, shipped_heads  # noqa: F401
     from .errors import ConfigError, FetchError, IncompatibleModelError, LococoError  # noqa: F401
     from .generation import generate, make_cache, prefill  # noqa: F401
-    from .heads import attach, detach, get_heads, has_heads  # noqa: F401
-    from .heads_io import load_heads, push_heads_to_hub, save_heads, shipped_heads  # noqa: F401
     from .models import load_model  # noqa: F401
     from .policies import Policy, make_policy, policy_names, register_policy  # noqa: F401

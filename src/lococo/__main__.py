@@ -2,7 +2,7 @@
 
 import sys
 
-from lococo.cli import main
+from lococo.commands.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,8 +17,8 @@ from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model,
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .compressor.heads_io import load_heads, save_heads
 from .errors import ConfigError, IncompatibleModelError
-from .heads_io import load_heads, save_heads
 
 EXTENSION_NAME = "lococo_extension.json"
 ADAPTER_NAME = "adapter_model.safetensors"

@@ -190,7 +190,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``lococo bench``: run the grid and write JSON + Markdown + PNG next to each other."""
-    from ..cli import check_heads_or_extension
+    from ..commands.cli import check_heads_or_extension
     from ..errors import ConfigError
     from ..policies import policy_names
     from .grid import expand_cells

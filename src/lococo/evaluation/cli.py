@@ -25,7 +25,7 @@ DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--dtype``, ``--attn``, ``--device``, ``--extension`` as in the main CLI."""
-    from lococo.cli import add_model_args
+    from lococo.commands.cli import add_model_args
 
     add_model_args(parser, extension=True)
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any]:
-    from lococo.cli import load_model_from_args
+    from lococo.commands.cli import load_model_from_args
 
     if args.threads:
         import torch

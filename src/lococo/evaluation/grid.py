@@ -90,8 +90,8 @@ def policy_caches(
     policy that attaches something to the model (LoCoCo's heads) has it removed on exit, and heads attached
     before the call are put back.
     """
+    from ..compressor.heads import ATTR, detach, has_heads
     from ..generation import make_cache
-    from ..heads import ATTR, detach, has_heads
     from ..policies import make_policy, policy_settings
 
     if policy_class(policy).uses_mem_size and mem_size is None:

@@ -58,7 +58,8 @@ def policy_settings(name: str, **common: Any) -> dict[str, Any]:
 
 
 def _register_builtin() -> None:
-    from . import baselines, lococo  # noqa: F401  (registration side effects)
+    from ..compressor import policy  # noqa: F401  (registration side effects)
+    from . import baselines  # noqa: F401
 
 
 _register_builtin()

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..compressor.heads import get_heads
+from ..compressor.heads_io import WEIGHTS_NAME, save_heads
 from ..errors import LococoError
-from ..heads import get_heads
-from ..heads_io import WEIGHTS_NAME, save_heads
 
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.safetensors"

@@ -13,7 +13,7 @@ HELP = "train LoCoCo heads (the model stays frozen)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_model_args
+    from ..commands.cli import add_model_args
     from .config import TrainConfig
 
     add_model_args(parser)
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..cli import load_model_from_args
+    from ..commands.cli import load_model_from_args
     from ..data import load_texts, pack, tokenize_documents
     from .config import TrainConfig
     from .loop import train_heads

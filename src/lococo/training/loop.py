@@ -28,13 +28,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..attention import enable_scoring
 from ..cache import CompressedCache
-from ..config import LoCoCoConfig
+from ..compressor.config import LoCoCoConfig
+from ..compressor.heads import attach, get_heads, has_heads
+from ..compressor.heads_io import load_heads, save_heads
 from ..errors import ConfigError
 from ..evaluation.perplexity import perplexity
 from ..extension import add_lora, apply_rope_scaling, embeddings_and_norms, save_extended
 from ..generation import iter_segments, make_cache
-from ..heads import attach, get_heads, has_heads
-from ..heads_io import load_heads, save_heads
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 

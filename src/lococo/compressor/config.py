@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SCORE_MODES = ("last", "accumulated")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")

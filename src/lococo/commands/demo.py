@@ -12,11 +12,11 @@ import resource
 import sys
 import time
 
-from .data import long_text_ids
-from .errors import ConfigError
-from .generate_cli import add_policy_args, prepare_cache
-from .generation import generate, prefill
-from .models import load_model
+from ..data import long_text_ids
+from ..errors import ConfigError
+from ..generation import generate, prefill
+from ..models import load_model
+from .generate import add_policy_args, prepare_cache
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
     heads_note = ""
     if getattr(cache.policy, "heads", None) is not None:  # a learned policy: say which heads it reads with
-        from .heads_io import shipped_heads
+        from ..compressor.heads_io import shipped_heads
 
         shipped = None if args.heads else shipped_heads(model, cache.policy.mem_size)
         source = args.heads or (shipped and f"trained, shipped with lococo as {shipped.name}")

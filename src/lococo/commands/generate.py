@@ -28,8 +28,8 @@ def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, h
     else those attached, else the ones shipped for this model (M = 128), else fresh ones. Heads whose M
     differs from an explicit ``mem_size`` are refused (never a silent choice).
     """
-    from .generation import make_cache
-    from .policies import policy_settings
+    from ..generation import make_cache
+    from ..policies import policy_settings
 
     return make_cache(model, policy, **policy_settings(policy, mem_size=mem_size, heads=heads or "auto",
                                                        segment_size=segment_size))
@@ -47,9 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import LococoError
+    from ..generation import generate
     from .cli import load_model_from_args
-    from .errors import LococoError
-    from .generation import generate
 
     if str(args.prompt_file) == "-":
         text = sys.stdin.read()

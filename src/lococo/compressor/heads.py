@@ -13,9 +13,9 @@ import warnings
 import torch
 from torch import nn
 
+from ..errors import IncompatibleModelError
+from ..models_support import attention_layout
 from .config import LoCoCoConfig
-from .errors import IncompatibleModelError
-from .models_support import attention_layout
 
 ATTR = "lococo"
 

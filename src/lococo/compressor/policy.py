@@ -7,11 +7,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import LoCoCoConfig
 from ..errors import ConfigError
-from ..heads import ConvCompressorHead, LoCoCoHeads
-from . import register_policy
-from .base import (
+from ..policies import register_policy
+from ..policies.base import (
     NEG_INF,
     Policy,
     complement_in_order,
@@ -20,6 +18,8 @@ from .base import (
     masked,
     topk_in_order,
 )
+from .config import LoCoCoConfig
+from .heads import ConvCompressorHead, LoCoCoHeads
 
 
 def lococo_compress(
@@ -109,8 +109,8 @@ class LoCoCoPolicy(Policy):
           those, replacing attached heads.
         Heads whose M differs from an explicit ``mem_size`` are refused, never silently used.
         """
-        from ..heads import attach, get_heads, has_heads
-        from ..heads_io import find_heads, load_heads, shipped_heads
+        from .heads import attach, get_heads, has_heads
+        from .heads_io import find_heads, load_heads, shipped_heads
 
         want = mem_size or LoCoCoConfig.mem_size
         if heads not in (None, "auto", "fresh"):

@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ._version import __version__
+from .._version import __version__
+from ..errors import ConfigError, IncompatibleModelError, LococoError
+from ..models_support import attention_layout
 from .config import LoCoCoConfig
-from .errors import ConfigError, IncompatibleModelError, LococoError
 from .heads import LoCoCoHeads, attach, get_heads, has_heads
-from .models_support import attention_layout
 
 CONFIG_NAME = "lococo_config.json"
 WEIGHTS_NAME = "lococo_heads.safetensors"
@@ -30,8 +30,8 @@ WEIGHTS_NAME = "lococo_heads.safetensors"
 
 def _base_identity(model: nn.Module) -> dict:
     """The base model's name and revision; the reference model by its name, not this machine's cache path."""
-    from ._fetch import cache_dir
-    from .models import REFERENCE_MODEL
+    from .._fetch import cache_dir
+    from ..models import REFERENCE_MODEL
 
     config = model.config
     name = getattr(config, "_name_or_path", None)

@@ -1,0 +1,1 @@
+"""The ``lococo`` command line: subcommands (``cli``), ``demo`` and ``generate``; the library does the work."""
