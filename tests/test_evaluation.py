@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -299,3 +300,38 @@ def test_lm_eval_task_on_tiny_model(tiny_llama, tmp_path):
         adapter.close()
     acc = results["results"]["lococo_tiny"]["acc,none"]
     assert 0.0 <= acc <= 1.0
+
+
+def test_bootstrap_intervals_over_documents():
+    from lococo.evaluation.stats import bootstrap_interval, gap_closed, paired_difference
+
+    rng = np.random.default_rng(0)
+    few, many = rng.normal(3.0, 0.2, 5), rng.normal(3.0, 0.2, 200)
+    mean, low, high = bootstrap_interval(few)
+    assert low < mean < high
+    _, low_many, high_many = bootstrap_interval(many)
+    assert high_many - low_many < high - low  # more documents, a narrower interval
+    assert bootstrap_interval([3.0]) == (3.0, None, None)  # one document: no interval
+    # paired: a constant shift on noisy documents is measured exactly, a separate-interval view would not be
+    d, d_low, d_high = paired_difference(few + 0.05, few)
+    assert d == pytest.approx(0.05) and d_low == pytest.approx(0.05) and d_high == pytest.approx(0.05)
+    full, other = np.full(4, 3.0), np.full(4, 3.2)
+    closed, *_ = gap_closed(np.full(4, 3.05), other, full)
+    assert closed == pytest.approx(0.75)  # 0.15 of the 0.2 gap
+
+
+def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cli, "_load_model", lambda args: (tiny_llama, CharTokenizer()))
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Document {i}: the sky is blue and the grass is green. " * 4}) + "\n"
+                            for i in range(5)))
+    out = tmp_path / "ppl.json"
+    argv = ["eval", "ppl", "--data", str(data), "--length", "128", "--policy", "full", "window", "streaming",
+            "--mem-size", "16", "--segment-size", "32", "--num-docs", "4", "--output", str(out), "--no-progress"]
+    args = _parser().parse_args(argv)
+    assert args._run(args) == 0
+    records = json.loads(out.read_text())["records"]
+    assert all(r["docs"] == 4 and len(r["doc_nll"]) == 4 for r in records)
+    assert all(r["ppl_low"] <= r["ppl"] <= r["ppl_high"] for r in records)
+    md = out.with_suffix(".md").read_text()
+    assert "Paired comparisons" in md and "| 128 | 16 |" in md

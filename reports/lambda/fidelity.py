@@ -13,6 +13,7 @@ Variants (M = 128, the shipped heads):
   clamped      the same heads with lambda clamped to [0, 1] at inference (old ``clamp_lambda``);
   constrained  the heads as lococo loads them now (lambda = sigmoid(logit), old files mapped on load);
   lambda0      the same heads with lambda = 0 (pure top-M selection by the latest forward's scores);
+  lambda1      the same heads with lambda = 1 (the fused slots are the conv's mixtures only; lococo >= 0.2);
   tova         the TOVA baseline at the same M.
 Only public API is used, so the script runs on older lococo versions too (run_lambda_report.sh uses that
 to measure ``shipped`` and ``clamped`` on the commit before the change).
@@ -40,11 +41,13 @@ BUCKET = 4096
 def _set_lambda(model, variant: str) -> None:
     heads = lococo.get_heads(model)
     constrained = all(hasattr(head, "lam_logit") for head in heads.heads.values())
-    if constrained != (variant in ("constrained", "lambda0")) and variant != "lambda0":
-        raise SystemExit(f"variant {variant!r} needs lococo {'>= 0.2' if variant == 'constrained' else '0.1'}")
+    if constrained != (variant in ("constrained", "lambda0", "lambda1")) and variant != "lambda0":
+        raise SystemExit(f"variant {variant!r} needs lococo {'0.1' if variant in ('shipped', 'clamped') else '>= 0.2'}")
     for head in heads.heads.values():
         if variant == "clamped":
             head.clamp_lambda = True
+        elif variant == "lambda1":
+            head.lam_logit.data.fill_(math.inf)
         elif variant == "lambda0":
             if hasattr(head, "lam_logit"):
                 head.lam_logit.data.fill_(-math.inf)

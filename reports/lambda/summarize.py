@@ -14,22 +14,22 @@ from pathlib import Path
 
 import numpy as np
 
-ORDER = ["shipped", "clamped", "constrained", "lambda0", "tova"]
+from lococo.evaluation.stats import bootstrap_interval
+
+ORDER = ["shipped", "clamped", "constrained", "lambda0", "lambda1", "tova"]
 LABELS = {
     "shipped": "LoCoCo, shipped heads as stored (lococo 0.1, lambda unconstrained)",
     "clamped": "LoCoCo, same heads, lambda clamped to [0, 1] at inference (lococo 0.1)",
     "constrained": "LoCoCo, same heads as lococo 0.2 loads them (lambda = sigmoid)",
     "lambda0": "LoCoCo, same heads, lambda = 0 (pure selection)",
+    "lambda1": "LoCoCo, same heads, lambda = 1 (fused slots = conv mixtures only)",
     "tova": "TOVA",
 }
 
 
-def interval(values: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% bootstrap interval over the first axis."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(10_000, len(values)))
-    means = values[idx].mean(axis=1)
-    return float(values.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+def interval(values: np.ndarray) -> tuple[float, float, float]:
+    """Mean and 95% bootstrap interval over documents (lococo's own, as ``lococo eval ppl`` reports it)."""
+    return bootstrap_interval(values)
 
 
 def fmt(stat: tuple[float, float, float], digits: int = 3) -> str:
@@ -61,7 +61,7 @@ def main(path: Path, stem: Path) -> None:
         "(decoding path) and as one segment; ratio = exp(mean nll decoded - mean nll segment).",
         "",
         "Command: `bash reports/lambda/run_lambda_report.sh` (variants `shipped`, `clamped`, `lambda0` and "
-        "`tova` run on commit 48ca3c4, where lambda could still leave [0, 1]; `constrained` on this tree).",
+        "`tova` run on commit 48ca3c4, where lambda could still leave [0, 1]; `constrained` and `lambda1` on this tree).",
         "",
         "| variant | " + " | ".join(f"loss {e}" for e in edges) + " | nll | decode / segment ppl |",
         "|---|" + "---|" * (n_buckets + 2),

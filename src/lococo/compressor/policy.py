@@ -78,6 +78,7 @@ class LoCoCoPolicy(Policy):
     name = "lococo"
     score_mode = "last"
     needs_model = True
+    learned = True
 
     def __init__(self, heads: LoCoCoHeads, layer_idx: int | None = None) -> None:
         config = heads.config

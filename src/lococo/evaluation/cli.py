@@ -44,8 +44,9 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     grid.add_argument(
-        "--limit-docs", type=int, default=None,
-        help="ppl: at most this many evaluation sequences per length; passkey: essays used as --filler essays",
+        "--limit-docs", "--num-docs", dest="limit_docs", type=int, default=None,
+        help="ppl: at most this many evaluation sequences (documents) per length, each its own sample for the "
+        "95%% intervals (default: all the data gives); passkey: essays used as --filler essays",
     )
     grid.add_argument(
         "--output", type=Path, default=Path(f"reports/{kind}.json"),
@@ -56,6 +57,9 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
 
 def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lococo eval ppl``."""
+    parser.add_argument("--compare-to", default=None, metavar="POLICY",
+                        help="reference of the paired comparisons in the report (default: the best policy that is "
+                        "neither learned nor the full cache, per length and M)")
     parser.add_argument("--data", default=None, help="text source as in lococo.data.load_texts (default: bundled held-out)")
     parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
     parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS, help="tokens per sequence")
@@ -135,13 +139,14 @@ def _run_grid(
     evaluate: Callable[..., dict[str, Any]],
     plot: Callable[[list[dict], Path], None],
     extra_axes: dict[str, list[Any]] | None = None,
+    summary: Callable[[list[dict]], str] | None = None,
 ) -> int:
     from .grid import expand_cells, run_grid
 
     policies = _policies(args)
     cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
     records = run_grid(
-        cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot,
+        cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot, summary=summary,
         heads_dir=args.heads or args.extension, seed=args.seed, extra_keys=list(extra_axes or {}), desc=kind,
     )
     print(f"wrote {len(records)} records to {args.output} (+ .md, .png)")
@@ -155,7 +160,7 @@ def run_ppl(args: argparse.Namespace) -> int:
     from lococo.data import load_texts, tokenize_documents
     from lococo.errors import ConfigError
 
-    from .perplexity import eval_sequences, perplexity, plot_perplexity
+    from .perplexity import eval_sequences, paired_summary, perplexity, plot_perplexity
 
     torch.manual_seed(args.seed)
     model, tokenizer = _load_model(args)
@@ -170,7 +175,8 @@ def run_ppl(args: argparse.Namespace) -> int:
         seqs = sequences[cell["length"]]
         return perplexity(model, seqs, new_cache, cell["segment_size"], progress=not args.no_progress)
 
-    return _run_grid("ppl", args, model, evaluate, plot_perplexity)
+    return _run_grid("ppl", args, model, evaluate, plot_perplexity,
+                     summary=lambda records: paired_summary(records, args.compare_to))
 
 
 def run_passkey(args: argparse.Namespace) -> int:

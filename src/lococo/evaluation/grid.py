@@ -116,6 +116,7 @@ def run_grid(
     meta: dict[str, Any],
     *,
     plot: PlotFn | None = None,
+    summary: Callable[[list[dict]], str] | None = None,
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
     extra_keys: Sequence[str] = (),
@@ -134,9 +135,9 @@ def run_grid(
     if len(todo) < len(cells):
         tqdm.write(f"{desc}: resuming {output}: {len(cells) - len(todo)} of {len(cells)} cells already done")
     if not todo:
-        write_report(output, meta, records, plot=plot)
+        write_report(output, meta, records, plot=plot, summary=summary)
     bar = tqdm(total=len(todo), desc=desc, unit="cell")
-    for cell in todo:
+    for cell in todo:  # ``summary(records)`` adds a Markdown section below the table
         bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in cell.items() if v is not None))
         start = time.perf_counter()
         with policy_caches(
@@ -144,7 +145,7 @@ def run_grid(
         ) as new_cache:
             metrics = evaluate(cell, new_cache)
         records.append({**cell, **metrics, "seconds": round(time.perf_counter() - start, 3)})
-        write_report(output, meta, records, plot=plot)
+        write_report(output, meta, records, plot=plot, summary=summary)
         bar.update(1)
     bar.close()
     return records

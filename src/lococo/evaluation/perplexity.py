@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..generation import iter_segments
 from .grid import CacheFactory, pyplot, series_label
+from .stats import bootstrap_interval, gap_closed, paired_difference
 
 if TYPE_CHECKING:
     from torch import nn
@@ -130,8 +131,10 @@ def perplexity(
     sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
     counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
     total_nll, total_tokens = 0.0, 0
+    doc_nll = []
     for ids in tqdm(sequences, desc="documents", unit="doc", disable=not progress, leave=False):
         losses = -score_tokens(model, ids, new_cache(), segment_size, progress=progress).logprobs.double()
+        doc_nll.append(float(losses.mean()))
         positions = torch.arange(1, ids.shape[1])
         bucket = torch.bucketize(positions, torch.tensor(edges[1:-1]), right=True)
         sums.index_add_(0, bucket, losses)
@@ -142,7 +145,68 @@ def perplexity(
     by_bucket = {
         bucket_label(edges[i], edges[i + 1]): float(sums[i] / counts[i]) for i in range(len(sums)) if counts[i] > 0
     }
-    return {"ppl": math.exp(nll), "nll": nll, "tokens": total_tokens, "docs": len(sequences), "loss_by_bucket": by_bucket}
+    _, low, high = bootstrap_interval(doc_nll)
+    return {
+        "ppl": math.exp(nll),
+        "ppl_low": None if low is None else math.exp(low),  # 95% bootstrap interval over documents
+        "ppl_high": None if high is None else math.exp(high),
+        "nll": nll,
+        "tokens": total_tokens,
+        "docs": len(sequences),
+        "loss_by_bucket": by_bucket,
+        "doc_nll": doc_nll,
+    }
+
+
+def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
+    """Markdown: every policy against a reference on the same documents, per length and M.
+
+    The reference is ``compare_to`` or, by default, the best compressing policy that is not learned at that
+    length and M. Columns: paired difference in mean nll (95% bootstrap interval over documents), the
+    perplexity ratio, and for learned policies (LoCoCo) the share of the reference's gap to the full cache
+    that they close.
+    """
+    from ..policies import policy_class
+
+    def kind(r: dict) -> str:
+        cls = policy_class(r["policy"])
+        return "full" if not cls.compresses else "learned" if cls.learned else "heuristic"
+
+    lines = ["## Paired comparisons (same documents; 95% bootstrap intervals over documents)", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("doc_nll"):
+            groups.setdefault((r["length"], r.get("mem_size")), []).append(r)
+    rows = []
+    for (length, mem), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        full = next((r for r in records if kind(r) == "full" and r["length"] == length and r.get("doc_nll")), None)
+        others = [r for r in group if kind(r) == "heuristic"]
+        ref = next((r for r in group if r["policy"] == compare_to), None) if compare_to else (
+            min(others, key=lambda r: r["nll"]) if others else None)
+        if ref is None or mem is None:
+            continue
+        for r in sorted(group, key=lambda r: r["nll"]):
+            if r is ref or len(r["doc_nll"]) != len(ref["doc_nll"]):
+                continue
+            d = paired_difference(r["doc_nll"], ref["doc_nll"])
+            closed = ""
+            if kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"]):
+                closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"]), percent=True)
+            rows.append(f"| {length} | {mem} | {r['policy']} | {ref['policy']} | {_fmt_interval(d)} | "
+                        f"{math.exp(d[0]):.4f} | {len(r['doc_nll'])} | {closed} |")
+    if not rows:
+        return ""
+    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs | gap to full closed |",
+              "|---|---|---|---|---|---|---|---|", *rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_interval(stat: tuple[float, float | None, float | None], percent: bool = False) -> str:
+    mean, low, high = stat
+    scale, unit, digits = (100, "%", 1) if percent else (1, "", 4)
+    if low is None:
+        return f"{mean * scale:+.{digits}f}{unit}"
+    return f"{mean * scale:+.{digits}f}{unit} [{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]"
 
 
 def plot_perplexity(records: list[dict], path: Path) -> None:

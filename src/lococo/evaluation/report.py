@@ -72,14 +72,17 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: Path, meta: dict, records: list[dict], plot: Callable[[list[dict], Path], None] | None = None):
-    """Write ``path`` (JSON, atomically), ``path.md`` and, with ``plot``, ``path.png``."""
+def write_report(path: Path, meta: dict, records: list[dict], plot: Callable[[list[dict], Path], None] | None = None,
+                 summary: Callable[[list[dict]], str] | None = None):
+    """Write ``path`` (JSON, atomically), ``path.md`` (the table, then ``summary(records)`` if given) and, with
+    ``plot``, ``path.png``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2) + "\n")
     os.replace(tmp, path)
     header = f"# {meta['kind']} report\n\nCommand configuration: `{json.dumps(meta['config'])}`\n\n"
-    path.with_suffix(".md").write_text(header + markdown_table(records))
+    extra = summary(records) if summary is not None and records else ""
+    path.with_suffix(".md").write_text(header + markdown_table(records) + ("\n" + extra if extra else ""))
     if plot is not None and records:
         plot(records, path.with_suffix(".png"))

@@ -31,6 +31,7 @@ class Policy:
         compresses: False only for the full cache.
         uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
         needs_model: True if the policy can only be built for a model (``lococo``: its heads).
+        learned: True for policies with trained parameters (reports compare them with the best of the rest).
 
     Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
     that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
@@ -41,6 +42,7 @@ class Policy:
     compresses: ClassVar[bool] = True
     uses_mem_size: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
+    learned: ClassVar[bool] = False
     score_window: int | None = None
 
     @classmethod
