@@ -65,3 +65,34 @@ def test_save_overwrites_atomically(tiny_llama, tmp_path):
     lococo.save_heads(tiny_llama, tmp_path / "h")
     assert sorted(p.name for p in (tmp_path / "h").iterdir()) == ["lococo_config.json", "lococo_heads.safetensors"]
     assert [p.name for p in tmp_path.iterdir()] == ["h"]
+
+
+def test_a_truncated_weights_file_is_one_clear_error_naming_it(tiny_llama, tmp_path):
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, kernel_size=5))
+    folder = lococo.save_heads(tiny_llama, tmp_path / "heads")
+    lococo.detach(tiny_llama)
+    weights = folder / "lococo_heads.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted download
+    with pytest.raises(LococoError, match="lococo_heads.safetensors cannot be read as safetensors.*save the heads again"):
+        lococo.load_heads(tiny_llama, folder)
+
+
+def test_lococo_0_1_heads_folders_load_with_lambda_in_range(tiny_llama, tmp_path):
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, kernel_size=5))
+    folder = lococo.save_heads(tiny_llama, tmp_path / "old")
+    lococo.detach(tiny_llama)
+    state = load_file(str(folder / "lococo_heads.safetensors"))  # rewrite it as lococo 0.1 stored it
+    state = {k.replace("lam_logit", "lam"): (torch.tensor(-0.4) if k.endswith("lam_logit") else v) for k, v in state.items()}
+    save_file(state, str(folder / "lococo_heads.safetensors"))
+    meta = json.loads((folder / "lococo_config.json").read_text())
+    meta["config"] |= {"clamp_lambda": False, "extra": {}}
+    (folder / "lococo_config.json").write_text(json.dumps(meta))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        heads = lococo.load_heads(tiny_llama, folder)
+    assert any("outside [0, 1]" in str(w.message) for w in caught)
+    assert all(0.0 <= float(h.lam.detach()) <= 1e-3 for h in heads.heads.values())
