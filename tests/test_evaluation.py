@@ -335,3 +335,44 @@ def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, 
     assert all(r["ppl_low"] <= r["ppl"] <= r["ppl_high"] for r in records)
     md = out.with_suffix(".md").read_text()
     assert "Paired comparisons" in md and "| 128 | 16 |" in md
+
+
+def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_llama):
+    from lococo.evaluation.decode import decode_fidelity
+
+    seqs = [random_ids(96, seed=s) for s in range(3)]
+    with policy_caches(tiny_llama, "full", None, 32) as new_cache:
+        exact = decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=24, progress=False)
+    assert exact["decode_ratio"] == pytest.approx(1.0, abs=1e-4) and exact["docs"] == 3
+    assert exact["decode_ratio_low"] <= exact["decode_ratio"] <= exact["decode_ratio_high"]
+    with policy_caches(tiny_llama, "tova", 16, 32) as new_cache:
+        compressed = decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=24, progress=False)
+    assert compressed["decode_ppl"] != pytest.approx(compressed["segment_ppl"], rel=1e-6)  # decoding compresses
+    with pytest.raises(ConfigError, match="shorter than every sequence"):
+        decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=96, progress=False)
+
+
+def test_forked_cache_is_independent_and_shares_the_heads(tiny_llama):
+    lococo.attach(tiny_llama, lococo.LoCoCoConfig(mem_size=16, buffer=4, kernel_size=3))
+    cache = lococo.prefill(tiny_llama, random_ids(60), segment_size=16).cache
+    fork = cache.fork()
+    assert fork.compressed_layers[0].policy.heads is cache.compressed_layers[0].policy.heads
+    before = cache.compressed_layers[0].keys.clone()
+    lococo.prefill(tiny_llama, random_ids(80), cache=fork, segment_size=16)  # 20 more tokens into the fork
+    assert fork.get_seq_length() == 80 and cache.get_seq_length() == 60
+    assert torch.equal(cache.compressed_layers[0].keys, before)
+
+
+def test_cli_decode_end_to_end(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cli, "_load_model", lambda args: (tiny_llama, CharTokenizer()))
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(json.dumps({"text": f"Document {i}: the sky is blue. " * 8}) + "\n" for i in range(3)))
+    out = tmp_path / "decode.json"
+    argv = ["eval", "decode", "--data", str(data), "--length", "128", "--decode-tokens", "32", "--policy", "full",
+            "window", "--mem-size", "16", "--segment-size", "32", "--output", str(out), "--no-progress"]
+    args = _parser().parse_args(argv)
+    assert args._run(args) == 0
+    records = json.loads(out.read_text())["records"]
+    assert [r["policy"] for r in records] == ["full", "window"] and all(r["docs"] == 3 for r in records)
+    assert records[0]["decode_ratio"] == pytest.approx(1.0, abs=1e-4)
+    assert out.with_suffix(".png").is_file()

@@ -250,3 +250,13 @@ class CompressedCache(Cache):
         for layer in self.compressed_layers:
             layer.detach_()
 
+    def fork(self) -> CompressedCache:
+        """An independent copy of the stored state that shares the policies (and so the heads): read two
+        continuations from the same prefix."""
+        import copy
+
+        shared = {id(self.policy): self.policy}
+        shared.update({id(layer.policy): layer.policy for layer in self.compressed_layers})
+        shared[id(self.incoming_memo)] = None
+        return copy.deepcopy(self, shared)
+

@@ -1,4 +1,4 @@
-"""``lococo eval ppl`` and ``lococo eval passkey``: the argparse wiring of the evaluation suite.
+"""``lococo eval ppl``, ``decode`` and ``passkey``: the argparse wiring of the evaluation suite.
 
 Hook it into the main CLI with one row of its table::
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HELP = "evaluate cache policies: long-document perplexity (ppl) and passkey retrieval (passkey)"
+HELP = "evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval (passkey)"
 DEFAULT_MEM_SIZES = [128, 512]
 DEFAULT_PPL_LENGTHS = [8192]
 DEFAULT_PASSKEY_LENGTHS = [1024, 2048, 4096, 8192]
@@ -67,6 +67,17 @@ def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(eval_run=run_ppl)
 
 
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lococo eval decode``."""
+    parser.add_argument("--data", default=None, help="text source as in lococo.data.load_texts (default: bundled held-out)")
+    parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
+    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS,
+                        help="tokens per sequence: the last --decode-tokens are the ones decoded")
+    parser.add_argument("--decode-tokens", type=int, default=256, help="tokens fed one at a time (default 256)")
+    _add_common_args(parser, "decode")
+    parser.set_defaults(eval_run=run_decode)
+
+
 def add_passkey_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lococo eval passkey``."""
     parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PASSKEY_LENGTHS, help="prompt tokens")
@@ -83,6 +94,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
     add_ppl_arguments(sub.add_parser("ppl", help="perplexity of long documents read in segments"))
     add_passkey_arguments(sub.add_parser("passkey", help="passkey retrieval at given lengths and depths"))
+    add_decode_arguments(sub.add_parser("decode", help="decode fidelity: the decoding path against segments"))
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -157,19 +169,11 @@ def run_ppl(args: argparse.Namespace) -> int:
     """``lococo eval ppl``: perplexity grid over policies, memory sizes and lengths."""
     import torch
 
-    from lococo.data import load_texts, tokenize_documents
-    from lococo.errors import ConfigError
-
-    from .perplexity import eval_sequences, paired_summary, perplexity, plot_perplexity
+    from .perplexity import paired_summary, perplexity, plot_perplexity
 
     torch.manual_seed(args.seed)
     model, tokenizer = _load_model(args)
-    token_lists = tokenize_documents(load_texts(args.data, split=args.split), tokenizer)
-    sequences = {n: eval_sequences(token_lists, n, args.limit_docs) for n in args.length}
-    empty = [n for n, seqs in sequences.items() if not seqs]
-    if empty:
-        total = sum(len(t) for t in token_lists)
-        raise ConfigError(f"the data has {total} tokens in all, too few for --length {' '.join(map(str, empty))}")
+    sequences = _sequences(args, tokenizer)
 
     def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
         seqs = sequences[cell["length"]]
@@ -177,6 +181,39 @@ def run_ppl(args: argparse.Namespace) -> int:
 
     return _run_grid("ppl", args, model, evaluate, plot_perplexity,
                      summary=lambda records: paired_summary(records, args.compare_to))
+
+
+def _sequences(args: argparse.Namespace, tokenizer: Any) -> dict[int, list]:
+    """Evaluation sequences of each ``--length`` from ``--data`` (clear error if the data is too short)."""
+    from lococo.data import load_texts, tokenize_documents
+    from lococo.errors import ConfigError
+
+    from .perplexity import eval_sequences
+
+    token_lists = tokenize_documents(load_texts(args.data, split=args.split), tokenizer)
+    sequences = {n: eval_sequences(token_lists, n, args.limit_docs) for n in args.length}
+    empty = [n for n, seqs in sequences.items() if not seqs]
+    if empty:
+        total = sum(len(t) for t in token_lists)
+        raise ConfigError(f"the data has {total} tokens in all, too few for --length {' '.join(map(str, empty))}")
+    return sequences
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    """``lococo eval decode``: decode fidelity over policies, memory sizes and lengths."""
+    import torch
+
+    from .decode import decode_fidelity, plot_decode
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = _load_model(args)
+    sequences = _sequences(args, tokenizer)
+
+    def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
+        return decode_fidelity(model, sequences[cell["length"]], new_cache, cell["segment_size"], args.decode_tokens,
+                               progress=not args.no_progress)
+
+    return _run_grid("decode", args, model, evaluate, plot_decode)
 
 
 def run_passkey(args: argparse.Namespace) -> int:
