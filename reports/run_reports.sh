@@ -3,6 +3,7 @@
 #
 #   bash reports/run_reports.sh ppl           # perplexity at 8K, every policy, untrained LoCoCo heads  ~30 min
 #   bash reports/run_reports.sh ppl-trained   # perplexity at 8K of the shipped (trained) heads          ~3 min
+#   bash reports/run_reports.sh ppl-intervals # 8K perplexity on 4 documents with intervals, M = 128     ~25 min
 #   bash reports/run_reports.sh decode        # decode fidelity after 8K tokens, 4 documents, M = 128      ~35 min
 #   bash reports/run_reports.sh passkey       # passkey retrieval up to 8K, shipped heads                ~40 min
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
@@ -37,6 +38,12 @@ if [[ "$WHAT" == all || "$WHAT" == ppl-trained ]]; then
     lococo eval ppl --policy lococo --heads shipped --length 8192 --segment-size 512 --mem-size 128 512 \
         --limit-docs 1 "${RUN[@]}" --output reports/ppl_trained.json
     python reports/summarize_ppl.py reports/ppl.json reports/ppl_trained.json --output reports/ppl_summary.md
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == ppl-intervals ]]; then
+    # 4 held-out sequences of 8K tokens: 95% intervals over documents and paired comparisons (issue 12).
+    lococo eval ppl --length 8192 --policy full tova snapkv lococo --mem-size 128 --heads shipped --num-docs 4 \
+        "${RUN[@]}" --output reports/ppl_intervals.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
