@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     ids = long_text_ids(tokenizer, args.tokens)
     cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
     heads_note = ""
-    if getattr(cache.policy, "heads", None) is not None:  # a learned policy: say which heads it reads with
+    if cache.policy.learned:  # say which heads it reads with
         from ..compressor.heads_io import shipped_heads
 
         shipped = None if args.heads else shipped_heads(model, cache.policy.mem_size)

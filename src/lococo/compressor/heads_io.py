@@ -160,16 +160,20 @@ def find_heads(model: nn.Module, heads: str | Path | Sequence[str | Path], mem_s
     ``mem_size=M``, so one grid can evaluate trained heads at several memory sizes.
     """
     folders = [heads] if isinstance(heads, (str, Path)) else list(heads)
+
+    def resolve(folder: str | Path, m: int) -> Path | None:
+        return shipped_heads(model, m) if str(folder) == "shipped" else resolve_heads(folder)
+
     if mem_size is None:  # no M asked for: the one folder given (the shipped heads for the default M)
         if len(folders) != 1:
             raise ConfigError(f"several heads folders {[str(f) for f in folders]}: say which M (mem_size) to use")
-        path = shipped_heads(model, LoCoCoConfig.mem_size) if str(folders[0]) == "shipped" else resolve_heads(folders[0])
+        path = resolve(folders[0], LoCoCoConfig.mem_size)
         if path is None:
             raise ConfigError(f"no LoCoCo heads ship with lococo for this model at M = {LoCoCoConfig.mem_size}")
         return path
     found = []
     for folder in folders:
-        path = shipped_heads(model, mem_size) if str(folder) == "shipped" else resolve_heads(folder)
+        path = resolve(folder, mem_size)
         if path is None:
             continue
         config, _ = read_heads_config(path)
