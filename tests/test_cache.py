@@ -279,8 +279,9 @@ def test_prefill_chunk_size_of_the_user_is_kept_and_none_leaves_the_config_alone
 
 @pytest.mark.parametrize("head_dtype", ["float32", "bfloat16"])
 def test_bf16_model_stays_close_to_fp32(head_dtype):
-    """bf16 model (heads fp32 by default, or bf16), scores accumulated in fp32: the compressed cache adds
-    no more bf16 error than the uncompressed model has on its own (measured on the same inputs)."""
+    """bf16 model (heads fp32 by default, or bf16), scores accumulated in fp32: finite, and on these inputs
+    within 2x the uncompressed model's own bf16 error + 0.005. On other inputs a near-tied top-k can flip in
+    bf16 and the error grows (benchmarks/results/bf16_error.txt: up to 8x, 0.017 nats, over 5 seeds)."""
     config = SMALL | {"head_dtype": head_dtype}
     ref = build_model(tiny_llama_config())
     lococo.attach(ref, LoCoCoConfig(**(config | {"head_dtype": "float32"})))
@@ -304,7 +305,7 @@ def test_bf16_model_stays_close_to_fp32(head_dtype):
     error_full = (logprobs(low, "full") - logprobs(ref, "full")).abs().max()
     error_lococo = (logprobs(low, "lococo") - logprobs(ref, "lococo")).abs().max()
     assert torch.isfinite(error_lococo)
-    # measured: full 0.0031, lococo 0.0032 (fp32 heads) / 0.0035 (bf16 heads)
+    # measured on these inputs: full 0.0031, lococo 0.0032 (fp32 heads) / 0.0035 (bf16 heads)
     assert error_lococo <= 2 * error_full + 0.005, (float(error_lococo), float(error_full))
 
 
