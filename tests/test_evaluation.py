@@ -20,6 +20,8 @@ from lococo.evaluation.passkey import (
     answer_is_correct,
     build_prompt,
     passkey_accuracy,
+    passkey_summary,
+    passkey_table,
     plot_passkey,
     random_key,
 )
@@ -31,6 +33,7 @@ from lococo.evaluation.perplexity import (
     score_tokens,
 )
 from lococo.evaluation.report import run_meta
+from lococo.evaluation.stats import wilson_interval
 
 DATA = Path(__file__).parent / "data"
 
@@ -215,8 +218,61 @@ def test_passkey_accuracy_and_heatmap(tiny_llama, tmp_path):
             )
             records.append({"policy": "streaming", "mem_size": 32, "length": 300, "depth": depth, **metrics})
     assert all(0.0 <= r["accuracy"] <= 1.0 and len(r["answers"]) == 2 for r in records)
+    for r in records:  # the count, n and the 95% Wilson interval travel with the record
+        assert r["trials"] == 2 and r["accuracy"] == r["correct"] / 2
+        assert (r["accuracy_low"], r["accuracy_high"]) == wilson_interval(r["correct"], 2)
+        assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] and r["accuracy_high"] - r["accuracy_low"] > 0.5
     plot_passkey(records, tmp_path / "passkey.png")
     assert (tmp_path / "passkey.png").stat().st_size > 0
+
+
+def _passkey_record(length: int, depth: float, correct: int, trials: int = 10, **cell) -> dict:
+    low, high = wilson_interval(correct, trials)
+    return {"policy": "tova", "mem_size": 128, "segment_size": 512, "length": length, "depth": depth,
+            "accuracy": correct / trials, "accuracy_low": low, "accuracy_high": high, "correct": correct,
+            "trials": trials, "achieved_depth": depth, "answers": [], "seconds": 1.5, **cell}
+
+
+def test_passkey_report_shows_intervals_n_and_aggregate(tmp_path):
+    records = [_passkey_record(2048, 0.1, 10), _passkey_record(2048, 0.5, 5), _passkey_record(2048, 0.9, 0),
+               _passkey_record(2048, 0.5, 10, policy="full", mem_size=None)]
+    table = passkey_table(records)
+    assert table.startswith("Each cell is 10 keys")
+    assert "| 2048 | tova | 128 | 512 | 0.5 | 0.500 | 0.50 [0.24, 0.76] | 5/10 | 1.5 |" in table
+    assert "| 1.00 [0.72, 1.00] | 10/10 |" in table and "| 0.00 [0.00, 0.28] | 0/10 |" in table
+    summary = passkey_summary(records)  # depths pooled: 15 of 30 keys
+    assert "| 2048 | tova | 128 | 3 | 0.50 [0.33, 0.67] | 15/30 |" in summary
+    assert "| 2048 | full |  | 1 | 1.00 [0.72, 1.00] | 10/10 |" in summary
+    assert "5 to 10 keys" in passkey_table([*records, _passkey_record(4096, 0.5, 1, trials=5)])
+    # the report: intro and table at the top, the aggregate below; other kinds keep the generic table
+    from lococo.evaluation.report import write_report
+
+    out = tmp_path / "passkey.json"
+    write_report(out, run_meta("passkey", {}), records, plot=plot_passkey, summary=passkey_summary,
+                 table=passkey_table)
+    md = out.with_suffix(".md").read_text()
+    assert md.index("Each cell is 10 keys") < md.index("0.50 [0.24, 0.76]") < md.index("Accuracy over all depths")
+    assert out.with_suffix(".png").stat().st_size > 0
+    write_report(out, run_meta("passkey", {}), records)
+    assert "| accuracy | accuracy_low |" in out.with_suffix(".md").read_text()
+
+
+def test_wilson_interval_known_values_and_bad_input():
+    for (k, n), expected in {(0, 10): (0.0, 0.2775), (10, 10): (0.7225, 1.0), (5, 10): (0.2366, 0.7634),
+                             (3, 20): (0.0524, 0.3604), (1, 1): (0.2065, 1.0)}.items():
+        assert wilson_interval(k, n) == pytest.approx(expected, abs=5e-4)
+    low, high = wilson_interval(0, 1)
+    assert low == 0.0 and 0.0 < high < 1.0
+    assert wilson_interval(50, 100, confidence=0.5)[1] - wilson_interval(50, 100, confidence=0.5)[0] < (
+        wilson_interval(50, 100)[1] - wilson_interval(50, 100)[0])  # lower confidence, narrower interval
+    assert wilson_interval(np.int64(5), 10) == wilson_interval(5, 10)
+    for k, n, match in [(0, 0, "n >= 1"), (1, -3, "n >= 1"), (11, 10, r"\[0, 10\]"), (-1, 10, r"\[0, 10\]"),
+                        (2.5, 10, "whole number"), (1, 10.5, "whole number")]:
+        with pytest.raises(ConfigError, match=match):
+            wilson_interval(k, n)
+    for confidence in (0.0, 1.0, 95):
+        with pytest.raises(ConfigError, match="confidence"):
+            wilson_interval(5, 10, confidence)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -230,8 +286,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def test_cli_parses_defaults():
     args = _parser().parse_args(["eval", "passkey", "--length", "512", "1024", "--depth", "0", "0.5"])
-    assert args.mem_size == [128, 512] and args.segment_size == 512 and args.trials == 5
+    assert args.mem_size == [128, 512] and args.segment_size == 512 and args.trials == 10
     assert args.output == Path("reports/passkey.json") and args.policy is None
+    args = _parser().parse_args(["eval", "passkey"])
+    assert args.length == [2048, 4096, 8192] and args.depth == [0.1, 0.3, 0.5, 0.7, 0.9] and args.trials == 10
     args = _parser().parse_args(["eval", "ppl", "--data", "x.txt", "--length", "8192"])
     assert args.output == Path("reports/ppl.json") and args.length == [8192]
 
@@ -249,6 +307,23 @@ def test_cli_ppl_end_to_end(tiny_llama, tmp_path, monkeypatch):
     assert [(r["policy"], r["mem_size"]) for r in records] == [("full", None), ("window", 16)]
     with pytest.raises(ConfigError, match="too few"):
         args = _parser().parse_args([*argv[:4], "--length", "100000", *argv[6:]])
+        args._run(args)
+
+
+def test_cli_passkey_end_to_end_reports_intervals(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setattr(eval_cli, "_load_model", lambda args: (tiny_llama, CharTokenizer()))
+    out = tmp_path / "passkey.json"
+    argv = ["eval", "passkey", "--length", "300", "--depth", "0.1", "0.9", "--trials", "2", "--max-new-tokens", "2",
+            "--policy", "full", "window", "--mem-size", "16", "--segment-size", "64", "--output", str(out),
+            "--no-progress"]
+    args = _parser().parse_args(argv)
+    assert args._run(args) == 0
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 4 and all(r["trials"] == 2 and r["accuracy_low"] <= r["accuracy_high"] for r in records)
+    md = out.with_suffix(".md").read_text()
+    assert "Each cell is 2 keys" in md and "Accuracy over all depths" in md and "/4 |" in md  # 2 depths x 2 keys
+    with pytest.raises(ConfigError, match="--trials"):
+        args = _parser().parse_args([*argv, "--trials", "0"])
         args._run(args)
 
 

@@ -117,6 +117,7 @@ def run_grid(
     *,
     plot: PlotFn | None = None,
     summary: Callable[[list[dict]], str] | None = None,
+    table: Callable[[list[dict]], str] | None = None,
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
     extra_keys: Sequence[str] = (),
@@ -125,7 +126,8 @@ def run_grid(
     """Evaluate the cells not yet in ``output`` and write the report after each one.
 
     ``evaluate(cell, new_cache)`` returns the cell's metrics (a dict); ``new_cache()`` builds a fresh cache
-    for the cell's policy (the model is set up afresh for every cell). Returns every record (resumed ones
+    for the cell's policy (the model is set up afresh for every cell). ``summary`` and ``table`` shape the
+    Markdown report (:func:`lococo.evaluation.report.write_report`). Returns every record (resumed ones
     first).
     """
     output = Path(output)
@@ -135,7 +137,7 @@ def run_grid(
     if len(todo) < len(cells):
         tqdm.write(f"{desc}: resuming {output}: {len(cells) - len(todo)} of {len(cells)} cells already done")
     if not todo:
-        write_report(output, meta, records, plot=plot, summary=summary)
+        write_report(output, meta, records, plot=plot, summary=summary, table=table)
     bar = tqdm(total=len(todo), desc=desc, unit="cell")
     for cell in todo:  # ``summary(records)`` adds a Markdown section below the table
         bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in cell.items() if v is not None))
@@ -145,7 +147,7 @@ def run_grid(
         ) as new_cache:
             metrics = evaluate(cell, new_cache)
         records.append({**cell, **metrics, "seconds": round(time.perf_counter() - start, 3)})
-        write_report(output, meta, records, plot=plot, summary=summary)
+        write_report(output, meta, records, plot=plot, summary=summary, table=table)
         bar.update(1)
     bar.close()
     return records

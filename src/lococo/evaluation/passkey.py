@@ -6,6 +6,11 @@ filler, then the question "What is the pass key? The pass key is". The answer is
 :func:`lococo.generate` (prompt read in segments through the policy's cache); a trial is correct when the
 first 5-digit number of the answer is the key. Keys are drawn from a generator seeded by
 ``(seed, length, depth, trial)``, so every policy sees the same keys.
+
+A cell's accuracy is ``correct / trials`` with its 95% Wilson score interval (``accuracy_low``,
+``accuracy_high``): with 10 keys a cell that finds 5 reads 0.5 [0.24, 0.76], so a difference between two
+cells is only a finding when the intervals say so. :func:`passkey_summary` pools the depths of each
+(policy, M, length) into one rate over ``depths x trials`` keys.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .grid import CacheFactory, pyplot, series_label
+from .stats import wilson_interval
 
 if TYPE_CHECKING:
     from torch import nn
@@ -122,7 +128,8 @@ def passkey_accuracy(
     max_new_tokens: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """``accuracy`` over ``trials`` keys at (length, depth), the ``answers`` and the achieved depth."""
+    """``accuracy`` over ``trials`` keys at (length, depth) with its 95% Wilson interval (``accuracy_low``,
+    ``accuracy_high``), the ``correct`` count, the ``answers`` and the achieved depth."""
     from ..generation import generate
 
     if trials < 1:
@@ -148,16 +155,78 @@ def passkey_accuracy(
         correct += answer_is_correct(answer, key)
         answers.append({"key": key, "answer": answer})
         depths.append(prompt.depth)
+    low, high = wilson_interval(correct, trials)
     return {
         "accuracy": correct / trials,
+        "accuracy_low": low,  # 95% Wilson score interval over the trials
+        "accuracy_high": high,
+        "correct": correct,
         "trials": trials,
         "achieved_depth": sum(depths) / len(depths),
         "answers": answers,
     }
 
 
+def _counts(record: dict) -> tuple[int, int]:
+    """``(correct, trials)`` of a record (records written before ``correct`` existed: from the accuracy)."""
+    trials = int(record["trials"])
+    correct = record.get("correct")
+    return (round(record["accuracy"] * trials) if correct is None else int(correct)), trials
+
+
+def _fmt_rate(correct: int, n: int) -> str:
+    low, high = wilson_interval(correct, n)
+    return f"{correct / n:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def _keys_per_cell(records: list[dict]) -> str:
+    trials = sorted({_counts(r)[1] for r in records})
+    return str(trials[0]) if len(trials) == 1 else f"{trials[0]} to {trials[-1]}"
+
+
+def passkey_table(records: list[dict]) -> str:
+    """Markdown: how many keys stand behind each cell, then one row per cell with its accuracy, 95% Wilson
+    interval and n (the body of the passkey report, in place of the generic table)."""
+    if not records:
+        return "(no records)\n"
+    lines = [
+        f"Each cell is {_keys_per_cell(records)} keys (`--trials`; n in the column correct / n): accuracy is "
+        "keys found / keys asked, with its 95% Wilson score interval in brackets.",
+        "",
+        "| length | policy | M | B | depth | achieved depth | accuracy [95% CI] | correct / n | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        correct, n = _counts(r)
+        mem = "" if r.get("mem_size") is None else r["mem_size"]
+        achieved = f"{r['achieved_depth']:.3f}" if r.get("achieved_depth") is not None else ""
+        seconds = f"{r['seconds']:.4g}" if r.get("seconds") is not None else ""
+        lines.append(f"| {r['length']} | {r['policy']} | {mem} | {r.get('segment_size', '')} | {r['depth']:g} | "
+                     f"{achieved} | {_fmt_rate(correct, n)} | {correct}/{n} | {seconds} |")
+    return "\n".join(lines) + "\n"
+
+
+def passkey_summary(records: list[dict]) -> str:
+    """Markdown: accuracy over all depths per (policy, M, length), n = depths x trials keys, 95% Wilson
+    interval."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["length"], r["policy"], r.get("mem_size")), []).append(r)
+    if not groups:
+        return ""
+    lines = ["## Accuracy over all depths (per policy, M and length; 95% Wilson intervals)", "",
+             "| length | policy | M | depths | accuracy [95% CI] | correct / n |", "|---|---|---|---|---|---|"]
+    for (length, policy, mem), group in groups.items():
+        correct = sum(_counts(r)[0] for r in group)
+        n = sum(_counts(r)[1] for r in group)
+        lines.append(f"| {length} | {policy} | {'' if mem is None else mem} | {len(group)} | "
+                     f"{_fmt_rate(correct, n)} | {correct}/{n} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot_passkey(records: list[dict], path: Path) -> None:
-    """One heatmap per policy/M: accuracy by depth (rows) and length (columns)."""
+    """One heatmap per policy/M: accuracy by depth (rows) and length (columns), each cell annotated with its
+    accuracy and, when the panel has room, ``correct/n``."""
     plt = pyplot()
     panels: dict[str, list[dict]] = {}
     for r in records:
@@ -166,13 +235,20 @@ def plot_passkey(records: list[dict], path: Path) -> None:
     lengths = sorted({r["length"] for r in records})
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 2.8 * rows + 0.5), squeeze=False,
+                             gridspec_kw={"wspace": 0.35, "hspace": 0.6})
     image = None
     for ax, (label, panel) in zip(axes.flat, sorted(panels.items()), strict=False):
         grid = np.full((len(depths), len(lengths)), np.nan)
         for r in panel:
             grid[depths.index(r["depth"]), lengths.index(r["length"])] = r["accuracy"]
         image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+        roomy = len(lengths) <= 6 and len(depths) <= 8  # room for a second line with correct/n
+        for r in panel:
+            correct, n = _counts(r)
+            text = f"{r['accuracy']:.2f}" + (f"\n{correct}/{n}" if roomy else "")
+            ax.text(lengths.index(r["length"]), depths.index(r["depth"]), text, ha="center", va="center",
+                    fontsize=6 if roomy else 5, color="white" if not 0.2 <= r["accuracy"] <= 0.8 else "black")
         ax.set_title(label, fontsize=9)
         ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7, rotation=30)
         ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
@@ -182,5 +258,6 @@ def plot_passkey(records: list[dict], path: Path) -> None:
         ax.axis("off")
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
-    fig.savefig(path, dpi=110)
+    fig.suptitle(f"passkey accuracy, {_keys_per_cell(records)} keys per cell", fontsize=9, y=1.0, va="bottom")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -73,9 +73,11 @@ def markdown_table(records: list[dict]) -> str:
 
 
 def write_report(path: Path, meta: dict, records: list[dict], plot: Callable[[list[dict], Path], None] | None = None,
-                 summary: Callable[[list[dict]], str] | None = None):
+                 summary: Callable[[list[dict]], str] | None = None,
+                 table: Callable[[list[dict]], str] | None = None):
     """Write ``path`` (JSON, atomically), ``path.md`` (the table, then ``summary(records)`` if given) and, with
-    ``plot``, ``path.png``."""
+    ``plot``, ``path.png``. ``table(records)`` replaces the generic :func:`markdown_table` (passkey: intervals
+    and n per cell)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -83,6 +85,7 @@ def write_report(path: Path, meta: dict, records: list[dict], plot: Callable[[li
     os.replace(tmp, path)
     header = f"# {meta['kind']} report\n\nCommand configuration: `{json.dumps(meta['config'])}`\n\n"
     extra = summary(records) if summary is not None and records else ""
-    path.with_suffix(".md").write_text(header + markdown_table(records) + ("\n" + extra if extra else ""))
+    body = (table or markdown_table)(records)
+    path.with_suffix(".md").write_text(header + body + ("\n" + extra if extra else ""))
     if plot is not None and records:
         plot(records, path.with_suffix(".png"))

@@ -1,15 +1,20 @@
-"""Intervals over documents: a quality claim is a mean over many documents, with its 95% interval.
+"""Intervals: a quality claim is a mean over many documents (or a rate over many trials), with its 95% interval.
 
 Documents are the unit of resampling (tokens within a document are not independent). Differences between
 two policies are *paired*: both read the same documents, so the interval is that of the per-document
-difference, much narrower than two separate intervals.
+difference, much narrower than two separate intervals. A success rate over independent trials (passkey
+retrieval: keys found out of keys asked) gets the Wilson score interval (:func:`wilson_interval`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
+
+from ..errors import ConfigError
 
 RESAMPLES = 10_000
 
@@ -62,3 +67,31 @@ def gap_closed(candidate: Sequence[float], other: Sequence[float], full: Sequenc
     draws = np.array([stat(rows[i]) for i in idx])
     low, high = np.nanpercentile(draws, [2.5, 97.5])
     return float(estimate), float(low), float(high)
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """``(low, high)``: the Wilson score interval of a success rate ``successes / n``.
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse to a point at 0/n or n/n:
+    0/10 gives (0, 0.278), 10/10 gives (0.722, 1), 5/10 gives (0.237, 0.763) at 95%. Raises
+    :class:`~lococo.errors.ConfigError` when ``n < 1``, ``successes`` is outside ``[0, n]``, either is not a
+    whole number, or ``confidence`` is not in (0, 1).
+    """
+    for name, value in (("successes", successes), ("n", n)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer | float) or value != int(value):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    successes, n = int(successes), int(n)
+    if n < 1:
+        raise ConfigError(f"a Wilson interval needs n >= 1 trials, got n = {n}")
+    if not 0 <= successes <= n:
+        raise ConfigError(f"successes must be in [0, n] = [0, {n}], got {successes}")
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)  # 1.959963984540054 at 95%
+    p = successes / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z / denominator * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
