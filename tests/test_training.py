@@ -149,3 +149,43 @@ def test_heldout_metric_is_eval_ppl_on_the_same_text_and_cache(tmp_path):
                            cfg.segment_size, progress=False)
     assert evaluated["tokens"] == 3 * (rows.shape[1] - 1)  # every position but the first of each row
     assert training_metric == pytest.approx(evaluated["ppl"], rel=1e-5)
+
+
+def test_chunk_plan_reads_segments_then_decodes_the_tail_one_token_at_a_time(tmp_path):
+    cfg = tiny_config(tmp_path, decode_tokens=5)
+    plan = loop.chunk_plan(cfg)
+    assert plan[:4] == [(0, 16), (16, 32), (32, 48), (48, 59)]
+    assert plan[4:] == [(p, p + 1) for p in range(59, 64)]
+    segments, tail = loop.learning_units(cfg, mem_size=8, buffer=2)
+    assert segments == [False, True, True, True] and tail
+    assert loop.loss_scale(cfg) == pytest.approx(1 / (4 * cfg.grad_accum))
+
+
+def test_kl_is_zero_while_nothing_is_compressed_and_trains_once_it_is(tmp_path):
+    from accelerate import Accelerator
+
+    model = build_model(tiny_llama_config())
+    rows = tiny_rows(1)
+    roomy = tiny_config(tmp_path, mem_size=64, objective="kl")  # 64 tokens never exceed M + buffer
+    loop.prepare_model(model, roomy)
+    sums = loop.sequence_loss(model, model, rows, roomy, Accelerator(cpu=True), 1.0, sync_at_end=True)
+    assert sums["tokens"] == 63 and sums["kl"] == pytest.approx(0.0, abs=1e-4) and sums["lm"] > 0
+    final = train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "kl", objective="kl",
+                                                                                   decode_tokens=5))
+    metrics = [json.loads(line) for line in (tmp_path / "kl" / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["kl"] > 0 and m["decode_loss"] > 0 for m in metrics)
+    initial = build_model(tiny_llama_config())
+    loop.prepare_model(initial, tiny_config(tmp_path / "kl"))
+    trained = _heads(final)
+    start = {k.removeprefix("lococo."): v for k, v in initial.lococo.state_dict().items()}
+    assert any(not torch.allclose(trained[k], start[k.removeprefix("lococo.")]) for k in trained)
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [(dict(objective="mse"), "objective"), (dict(objective="kl", extend_to=256), "extend-to"),
+     (dict(decode_tokens=64), "decode_tokens")],
+)
+def test_bad_signals_are_config_errors(tmp_path, overrides, words):
+    with pytest.raises(ConfigError, match=words):
+        tiny_config(tmp_path, **overrides).validate()

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainConfig:
-    """Everything ``lococo train`` needs; JSON round-trippable (saved beside the trained heads)."""
+    """Everything ``lococo train`` needs; JSON round-trippable (saved beside the trained heads).
+
+    ``objective``: the training signal. "lm" is next-token loss; "kl" is the KL divergence from the same
+    frozen model reading the same chunks with a full cache (a teacher run in lockstep without gradient: it
+    costs one more forward per chunk, and its cache grows with the training sequence); "lm+kl" is their sum.
+    ``decode_tokens``: the last tokens of each training sequence are read one at a time, through the
+    decoding path (buffer-sized compressions scored by one query), as ``generate`` reads them; their mean
+    loss is one more learning unit.
+    """
 
     output_dir: str = "runs/heads"
     mem_size: int = 128
@@ -26,6 +34,8 @@ class TrainConfig:
     buffer: int = 16
     lambda_init: float = 0.5
     tbptt: int = 1
+    objective: str = "lm"
+    decode_tokens: int = 0
     batch_size: int = 1
     grad_accum: int = 8
     max_steps: int = 100
@@ -69,6 +79,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.extend_to is not None and self.extend_to < 1:
             raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
+        if self.objective not in ("lm", "kl", "lm+kl"):
+            raise ConfigError(f"objective must be lm, kl or lm+kl, got {self.objective!r}")
+        if self.objective != "lm" and self.extend_to is not None:
+            raise ConfigError("objective kl needs a teacher that reads the text natively; with --extend-to use lm")
+        if not 0 <= self.decode_tokens < self.n_segments * self.segment_size:
+            raise ConfigError(f"decode_tokens must be in [0, n_segments*segment_size), got {self.decode_tokens}")
         if self.lr_heads <= 0:
             raise ConfigError(f"lr_heads must be > 0, got {self.lr_heads}")
         if self.warmup_steps < 0 or self.warmup_steps >= self.max_steps:

@@ -85,60 +85,133 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
     return lora_config
 
 
-def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer: int) -> list[bool]:
-    """Which segments of a sequence run a compression (only those can train the heads)."""
+def learning_chunks(sizes: list[int], mem_size: int, buffer: int) -> list[bool]:
+    """Which chunks (of ``sizes`` tokens, read in order) run a compression first (only those train the heads)."""
     stored, flags = 0, []
-    for _ in range(n_segments):
+    for size in sizes:
         compresses = stored > mem_size + buffer
         flags.append(compresses)
-        stored = (mem_size if compresses else stored) + segment_size
+        stored = (mem_size if compresses else stored) + size
     return flags
 
 
+def learning_segments(n_segments: int, segment_size: int, mem_size: int, buffer: int) -> list[bool]:
+    """Which of ``n_segments`` full segments run a compression (:func:`learning_chunks`)."""
+    return learning_chunks([segment_size] * n_segments, mem_size, buffer)
+
+
+def chunk_plan(cfg: TrainConfig) -> list[tuple[int, int]]:
+    """How a training sequence is read: segments of ``segment_size`` from the start, then its last
+    ``decode_tokens`` tokens one at a time (the decoding path: buffer-sized compressions scored by one query)."""
+    n = cfg.n_segments * cfg.segment_size
+    prefix = n - cfg.decode_tokens
+    bounds = [(s, min(s + cfg.segment_size, prefix)) for s in range(0, prefix, cfg.segment_size)]
+    return bounds + [(p, p + 1) for p in range(prefix, n)]
+
+
+def learning_units(cfg: TrainConfig, mem_size: int, buffer: int) -> tuple[list[bool], bool]:
+    """(learning flags of the segments, whether the decoded tail learns). The tail is one unit: one loss
+    (the mean over its tokens) and one backward; it learns if any compression came before or inside it."""
+    plan = chunk_plan(cfg)
+    flags = learning_chunks([b - a for a, b in plan], mem_size, buffer)
+    n_seg = len(plan) - cfg.decode_tokens
+    return flags[:n_seg], cfg.decode_tokens > 0 and any(flags)
+
+
 def loss_scale(cfg: TrainConfig) -> float:
-    """Factor on each segment's loss so that one optimiser step's gradient is that of the mean loss.
+    """Factor on each unit's loss so that one optimiser step's gradient is that of the mean loss.
 
-    A segment's loss is already the mean over the rows of its batch, so only learning segments and
-    accumulation steps are divided out: the gradient does not depend on how rows are split into batches.
+    A unit's loss (a segment, or the decoded tail) is already the mean over its tokens and the rows of its
+    batch, so only learning units and accumulation steps are divided out: the gradient does not depend on
+    how rows are split into batches.
     """
-    n_learn = sum(learning_segments(cfg.n_segments, cfg.segment_size, cfg.mem_size, cfg.buffer))
-    return 1.0 / (max(n_learn, 1) * cfg.grad_accum)
+    seg_flags, tail = learning_units(cfg, cfg.mem_size, cfg.buffer)
+    return 1.0 / (max(sum(seg_flags) + tail, 1) * cfg.grad_accum)
 
 
-def _new_cache(model) -> CompressedCache:
-    """A cache of the heads attached to ``model`` (they own M and the buffer)."""
-    return make_cache(model, "lococo", prefill_chunk_size=None)
+def _new_cache(model, policy: str = "lococo") -> CompressedCache:
+    """A cache of the heads attached to ``model`` (they own M and the buffer), or the teacher's full cache."""
+    return make_cache(model, policy, prefill_chunk_size=None)
+
+
+def _read(model, ids: torch.Tensor, cache: CompressedCache, plan: list[tuple[int, int]], grad: list[bool]):
+    """Feed ``ids`` through ``cache`` chunk by chunk as ``plan`` says; yields ``(start, stop, logits)``."""
+    for (start, stop), keep_graph in zip(plan, grad, strict=True):
+        (_, _, out), = iter_segments(model, ids[:, start:stop], cache, stop - start, grad=keep_graph)
+        yield start, stop, out.logits
+
+
+def _token_losses(logits: torch.Tensor, ids: torch.Tensor, start: int, stop: int,
+                  teacher: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Mean next-token loss (and KL from the teacher's distribution) of the chunk ``[start, stop)``.
+
+    Every position with a next token is scored, including the chunk's last one (its target opens the next
+    chunk), so a one-token chunk of the decoded tail has a loss too.
+    """
+    last = min(stop, ids.shape[1] - 1)
+    n_pos = last - start
+    if n_pos <= 0:
+        return logits.new_zeros(()), None, 0
+    student = logits[:, :n_pos].float().log_softmax(-1)
+    target = ids[:, start + 1 : last + 1].to(logits.device)
+    lm = F.nll_loss(student.flatten(0, 1), target.flatten())
+    kl = None
+    if teacher is not None:
+        ref = teacher[:, :n_pos].float().log_softmax(-1)
+        kl = F.kl_div(student.flatten(0, 1), ref.flatten(0, 1), log_target=True, reduction="batchmean")
+    return lm, kl, n_pos * ids.shape[0]
+
+
+OBJECTIVES = ("lm", "kl", "lm+kl")
+"""Training signals: next-token loss; KL from the same frozen model reading with a full cache; their sum."""
 
 
 def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
-                  sync_at_end: bool) -> tuple[float, int]:
-    """Forward/backward one batch of sequences segment by segment; returns (summed token loss, tokens).
+                  sync_at_end: bool) -> dict[str, float]:
+    """Forward/backward one batch of sequences chunk by chunk (:func:`chunk_plan`).
 
-    Gradients are synchronised across processes only on the last backward when ``sync_at_end``.
+    Returns token-summed ``lm`` (and ``kl``) losses and their token count ``tokens`` (``decode_lm``,
+    ``decode_tokens`` for the decoded tail). With ``cfg.objective`` "kl" or "lm+kl", a teacher (the same
+    frozen model with a full cache, no gradient) reads the same chunks in lockstep. Gradients are
+    synchronised across processes only on the last backward when ``sync_at_end``.
     """
     cache = _new_cache(unwrapped)
     heads = get_heads(unwrapped).config
-    flags = learning_segments(cfg.n_segments, cfg.segment_size, heads.mem_size, heads.buffer)
-    last_learning = max((t for t, f in enumerate(flags) if f), default=-1)
-    total_loss, total_tokens = 0.0, 0
+    plan = chunk_plan(cfg)
+    seg_flags, tail_learns = learning_units(cfg, heads.mem_size, heads.buffer)
+    n_seg = len(seg_flags)
+    grad = seg_flags + [tail_learns] * cfg.decode_tokens
+    last_learning = len(plan) - 1 if tail_learns else max((t for t, f in enumerate(seg_flags) if f), default=-1)
+    use_kl = cfg.objective != "lm"
+    teacher = _read(unwrapped, ids, _new_cache(unwrapped, "full"), plan, [False] * len(plan)) if use_kl else None
+    sums = {"lm": 0.0, "kl": 0.0, "tokens": 0, "decode_lm": 0.0, "decode_tokens": 0}
     window: list[torch.Tensor] = []
-    segments = iter_segments(model, ids, cache, cfg.segment_size, grad=flags)
-    for t, (start, stop, out) in enumerate(segments):
-        seg = ids[:, start:stop]
-        loss = F.cross_entropy(out.logits[:, :-1].flatten(0, 1).float(), seg[:, 1:].flatten().to(out.logits.device))
-        n = seg.numel() - seg.shape[0]
-        total_loss += loss.item() * n
-        total_tokens += n
-        if flags[t]:
-            window.append(loss)
+    tail: list[tuple[torch.Tensor, int]] = []
+    for t, (start, stop, logits) in enumerate(_read(model, ids, cache, plan, grad)):
+        ref = next(teacher)[2] if teacher is not None else None
+        lm, kl, n = _token_losses(logits, ids, start, stop, ref)
+        sums["lm"] += lm.item() * n
+        sums["kl"] += kl.item() * n if kl is not None else 0.0
+        sums["tokens"] += n
+        objective = {"lm": lm, "kl": kl, "lm+kl": lm + kl if kl is not None else None}[cfg.objective]
+        if t >= n_seg:
+            sums["decode_lm"] += lm.item() * n
+            sums["decode_tokens"] += n
+            if tail_learns and n:
+                tail.append((objective, n))
+            if t == len(plan) - 1 and tail:
+                total = sum(n for _, n in tail)
+                window.append(sum(loss * (n / total) for loss, n in tail))  # the tail's mean: one unit
+        elif grad[t]:
+            window.append(objective)
         if window and (len(window) == cfg.tbptt or t == last_learning):
             final = sync_at_end and t == last_learning
             with nullcontext() if final else accelerator.no_sync(model):
                 accelerator.backward(torch.stack(window).sum() * scale)
             window = []
-        if not window:
-            cache.detach_()  # truncated back-propagation boundary
-    return total_loss, total_tokens
+        if not window and t < n_seg:
+            cache.detach_()  # truncated back-propagation boundary (the decoded tail is one window)
+    return sums
 
 
 def heldout_perplexity(model, rows: torch.Tensor, cfg: TrainConfig) -> float:
@@ -191,29 +264,36 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
                disable=not accelerator.is_main_process)
     for step in bar:
         t0 = time.perf_counter()
-        step_loss, step_tokens = 0.0, 0
+        acc: dict[str, float] = {}
         for micro in range(cfg.grad_accum):
             first = step * per_step + (micro * world + rank) * cfg.batch_size
             idx = [int(order[(first + j) % len(rows)]) for j in range(cfg.batch_size)]
             batch = rows[idx].to(accelerator.device)
-            loss, tokens = sequence_loss(model, unwrapped, batch, cfg, accelerator, scale,
-                                         sync_at_end=micro == cfg.grad_accum - 1)
-            step_loss += loss
-            step_tokens += tokens
+            sums = sequence_loss(model, unwrapped, batch, cfg, accelerator, scale,
+                                 sync_at_end=micro == cfg.grad_accum - 1)
+            acc = {k: acc.get(k, 0.0) + v for k, v in sums.items()}
         if cfg.clip_grad:
             accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], cfg.clip_grad)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        totals = accelerator.reduce(torch.tensor([step_loss, float(step_tokens)], device=accelerator.device), "sum")
+        keys = sorted(acc)
+        reduced = accelerator.reduce(torch.tensor([acc[k] for k in keys], dtype=torch.float64,
+                                                  device=accelerator.device), "sum")
+        totals = dict(zip(keys, reduced.tolist(), strict=True))
+        tokens = max(totals["tokens"], 1.0)
         record = {
             "step": step + 1,
-            "loss": (totals[0] / totals[1]).item(),
+            "loss": totals["lm"] / tokens,
             "tokens_seen": (step + 1) * per_step * cfg.n_segments * cfg.segment_size,
-            "tokens_per_s": totals[1].item() / (time.perf_counter() - t0),
+            "tokens_per_s": totals["tokens"] / (time.perf_counter() - t0),
             "lr": scheduler.get_last_lr()[0],
             "lambda_mean": float(torch.stack([h.lam.detach() for h in get_heads(unwrapped).heads.values()]).mean()),
         }
+        if cfg.objective != "lm":
+            record["kl"] = totals["kl"] / tokens
+        if totals["decode_tokens"]:
+            record["decode_loss"] = totals["decode_lm"] / totals["decode_tokens"]
         if eval_rows is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             record["heldout_ppl"] = heldout_perplexity(unwrapped, eval_rows.to(accelerator.device), cfg)
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
