@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
+import torch
 
 from lococo.errors import ConfigError, LococoError
 from lococo.models import REFERENCE_MODEL, load_model, prepare_tokenizer, resolve_dtype
@@ -75,3 +77,16 @@ def test_cached_load_in_fresh_process(reference_model):
         f"{REFERENCE_MODEL} cached load: {float(proc.stdout.split()[-1]):.1f} s in-process, {wall:.1f} s wall"
     )
     assert wall < 20
+
+
+def test_half_precision_on_a_cpu_without_native_kernels_warns(monkeypatch):
+    from conftest import build_model, tiny_llama_config
+    from lococo import models
+
+    model = build_model(tiny_llama_config()).to(torch.bfloat16)
+    monkeypatch.setattr(models, "_cpu_lacks_native", lambda dtype: dtype == torch.bfloat16)
+    with pytest.warns(UserWarning, match="float32"):
+        models.warn_slow_half_precision(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        models.warn_slow_half_precision(model.float())

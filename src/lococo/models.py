@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -191,8 +192,32 @@ def load_model(
             raise LococoError(f"could not load the model in {source}: {exc}") from exc
         raise _not_found(str(source), exc) from exc
     model.eval()
+    warn_slow_half_precision(model)
     prepare_tokenizer(tokenizer)
     return model, tokenizer
+
+
+def _cpu_lacks_native(dtype: torch.dtype) -> bool:
+    """True when this CPU has no native kernels for ``dtype`` (bf16: AVX512-BF16/AMX; fp16: AVX512-FP16/AMX)."""
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    check = getattr(torch.ops.mkldnn, probe, None) if probe else None
+    return check is not None and not check()
+
+
+def warn_slow_half_precision(model: torch.nn.Module) -> None:
+    """Warn when a model with bf16/fp16 weights sits on a CPU without native kernels for them.
+
+    Matrix products then run emulated: measured ~50x slower than fp32 for the reference model's layers on
+    an AVX2-only CPU (benchmarks/results/half_precision_cpu.txt). Use ``--dtype float32`` there.
+    """
+    param = next(model.parameters(), None)
+    if param is not None and param.device.type == "cpu" and _cpu_lacks_native(param.dtype):
+        warnings.warn(
+            f"the model is in {str(param.dtype).removeprefix('torch.')} on a CPU without native kernels for it: "
+            f"matrix products run emulated, many times slower than float32. Use dtype float32 (--dtype float32) "
+            f"on this machine.",
+            UserWarning, stacklevel=3,
+        )
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
