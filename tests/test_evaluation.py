@@ -395,6 +395,22 @@ def test_bootstrap_intervals_over_documents():
     assert closed == pytest.approx(0.75)  # 0.15 of the 0.2 gap
 
 
+def test_documents_needed_for_a_target_width_follow_the_square_root_law():
+    from lococo.evaluation.stats import docs_for_width
+
+    assert docs_for_width(-0.01, 0.01, 4) == 64  # 4x narrower needs 16x the documents
+    assert docs_for_width(-0.001, 0.001, 10) == 10  # already narrow enough
+    assert docs_for_width(None, None, 1) is None
+    rng = np.random.default_rng(1)  # the projection is close to what many documents give
+    from lococo.evaluation.stats import paired_difference
+
+    pool = rng.normal(0.0, 0.02, 4000)
+    _, low, high = paired_difference(pool[:16], np.zeros(16))
+    projected = docs_for_width(low, high, 16)
+    _, low_n, high_n = paired_difference(pool[:projected], np.zeros(projected))
+    assert 0.0025 < high_n - low_n < 0.0075  # within 50%: a width from 16 documents is itself noisy
+
+
 def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(eval_cli, "_load_model", lambda args: (tiny_llama, CharTokenizer()))
     data = tmp_path / "docs.jsonl"
@@ -414,6 +430,7 @@ def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, 
 
 def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_llama):
     from lococo.evaluation.decode import decode_fidelity
+    from lococo.evaluation.perplexity import perplexity
 
     seqs = [random_ids(96, seed=s) for s in range(3)]
     with policy_caches(tiny_llama, "full", None, 32) as new_cache:
@@ -423,6 +440,9 @@ def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_l
     with policy_caches(tiny_llama, "tova", 16, 32) as new_cache:
         compressed = decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=24, progress=False)
     assert compressed["decode_ppl"] != pytest.approx(compressed["segment_ppl"], rel=1e-6)  # decoding compresses
+    with policy_caches(tiny_llama, "full", None, 32) as new_cache:  # the same read gives the documents' ppl
+        assert exact["ppl"] == pytest.approx(perplexity(tiny_llama, seqs, new_cache, 32, progress=False)["ppl"])
+    assert exact["ppl_low"] <= exact["ppl"] <= exact["ppl_high"] and len(compressed["doc_nll"]) == 3
     with pytest.raises(ConfigError, match="shorter than every sequence"):
         decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=96, progress=False)
 

@@ -4,7 +4,10 @@ For each evaluation sequence of N tokens, the first N - K are read in segments; 
 and the last K tokens are read twice from the same state: as one segment (``segment_nll``), and one token at
 a time (``decode_nll``), which is how ``generate`` feeds them: compressions every ``buffer + 1`` tokens with
 the scores of a single query. ``ratio = exp(decode_nll - segment_nll)`` per document (1 = decoding keeps
-what segments keep), reported as a mean with a 95% bootstrap interval over documents.
+what segments keep), reported as a mean with a 95% bootstrap interval over documents. The same pass also
+gives each document's perplexity with the prefix and then the tail read in segments (``doc_nll``, ``ppl``
+with its interval): ``lococo eval ppl``'s figure up to where segment boundaries fall (it cuts the whole
+sequence from its end), so one read answers both questions.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ def decode_fidelity(
     """Decode/segment perplexity ratio over ``sequences`` (each ``[1, N]``, N > ``decode_tokens``)."""
     if decode_tokens < 1 or any(s.shape[1] <= decode_tokens for s in sequences):
         raise ConfigError(f"decode_tokens must be >= 1 and shorter than every sequence, got {decode_tokens}")
-    seg_nll, dec_nll = [], []
+    seg_nll, dec_nll, doc_nll = [], [], []
     for ids in tqdm(sequences, desc="documents", unit="doc", disable=not progress, leave=False):
         cache = new_cache()
         prefix = score_tokens(model, ids[:, :-decode_tokens], cache, segment_size)
@@ -50,9 +53,16 @@ def decode_fidelity(
         segment = score_tokens(model, window, cache, segment_size, prev_logits=prefix.last_logits)
         seg_nll.append(float(-segment.logprobs.double().mean()))
         dec_nll.append(float(-decoded.logprobs.double().mean()))
+        doc_nll.append(float(-torch.cat([prefix.logprobs, segment.logprobs], dim=-1).double().mean()))
     ratios = np.exp(np.array(dec_nll) - np.array(seg_nll))
     ratio, low, high = bootstrap_interval(ratios)
+    nll, nll_low, nll_high = bootstrap_interval(doc_nll)
     return {
+        "ppl": math.exp(nll),
+        "ppl_low": math.exp(nll_low) if nll_low is not None else None,
+        "ppl_high": math.exp(nll_high) if nll_high is not None else None,
+        "nll": nll,
+        "doc_nll": doc_nll,
         "decode_ratio": ratio,
         "decode_ratio_low": low,
         "decode_ratio_high": high,

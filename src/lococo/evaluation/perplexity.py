@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..generation import iter_segments
 from .grid import CacheFactory, pyplot, series_label
-from .stats import bootstrap_interval, gap_closed, paired_difference
+from .stats import bootstrap_interval, docs_for_width, gap_closed, paired_difference
 
 if TYPE_CHECKING:
     from torch import nn
@@ -192,12 +192,15 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
             closed = ""
             if kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"]):
                 closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"]), percent=True)
+            needed = docs_for_width(d[1], d[2], len(r["doc_nll"]))
             rows.append(f"| {length} | {mem} | {r['policy']} | {ref['policy']} | {_fmt_interval(d)} | "
-                        f"{math.exp(d[0]):.4f} | {len(r['doc_nll'])} | {closed} |")
+                        f"{math.exp(d[0]):.4f} | {len(r['doc_nll'])} | {needed or ''} | {closed} |")
     if not rows:
         return ""
-    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs | gap to full closed |",
-              "|---|---|---|---|---|---|---|---|", *rows]
+    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs | docs for 0.5% | "
+              "gap to full closed |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+              "*docs for 0.5%*: documents a rerun would need for the interval of Δ nll to be 0.005 nats wide "
+              "(0.5% of perplexity), projected from this interval's width (widths shrink as 1/sqrt(docs))."]
     return "\n".join(lines) + "\n"
 
 

@@ -95,3 +95,15 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     low = 0.0 if successes == 0 else max(0.0, center - half)
     high = 1.0 if successes == n else min(1.0, center + half)
     return low, high
+
+
+TARGET_WIDTH_NATS = 0.005
+"""Width of a paired difference's 95% interval that resolves 0.5% of perplexity (exp(0.005) = 1.005)."""
+
+
+def docs_for_width(low: float | None, high: float | None, n: int, target: float = TARGET_WIDTH_NATS) -> int | None:
+    """Documents needed for an interval of width ``target``, projected from one of width ``high - low`` over
+    ``n`` documents (widths shrink as 1/sqrt(n)). None without an interval."""
+    if low is None or high is None or n < 2:
+        return None
+    return max(n, math.ceil(n * ((high - low) / target) ** 2))
