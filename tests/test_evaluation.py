@@ -24,6 +24,7 @@ from lococo.evaluation.passkey import (
     passkey_table,
     plot_passkey,
     random_key,
+    shared_prefix_length,
 )
 from lococo.evaluation.perplexity import (
     bucket_edges,
@@ -224,6 +225,81 @@ def test_passkey_accuracy_and_heatmap(tiny_llama, tmp_path):
         assert r["accuracy_low"] <= r["accuracy"] <= r["accuracy_high"] and r["accuracy_high"] - r["accuracy_low"] > 0.5
     plot_passkey(records, tmp_path / "passkey.png")
     assert (tmp_path / "passkey.png").stat().st_size > 0
+
+
+def test_shared_prefix_length_stops_at_a_segment_boundary():
+    a, b = list(range(10)), [*range(6), 99, 98, 97, 96]  # first difference at token 6
+    assert shared_prefix_length([a, b], 3) == 6  # reads 9 tokens: (0, 3), (3, 6), (6, 9)
+    assert shared_prefix_length([a, b], 4) == 5  # (0, 1), (1, 5), (5, 9)
+    assert shared_prefix_length([a, b], 7) == 2  # (0, 2), (2, 9)
+    assert shared_prefix_length([a, [1, *a[1:]]], 3) == 0  # nothing in common
+    assert shared_prefix_length([a, a[:-1] + [42]], 4) == 9  # only the last token (never prefilled) differs
+    assert shared_prefix_length([a, b[:9]], 3) == 0  # different lengths
+
+
+@pytest.mark.parametrize(("policy", "mem_size"), [("tova", 16), ("h2o", 16), ("full", None)])
+def test_passkey_shared_prefix_is_exactly_reading_each_prompt_alone(tiny_llama, policy, mem_size, monkeypatch):
+    from lococo.evaluation import passkey as passkey_mod
+
+    tok, segment = CharTokenizer(), 32
+    prompts = [build_prompt(tok, 300, 0.6, random_key(0, 300, 0.6, t)).ids for t in range(3)]
+    shared = shared_prefix_length(prompts, segment)
+    assert shared >= 4 * segment and (300 - 1 - shared) % segment == 0
+    fed = []
+    hook = tiny_llama.register_forward_pre_hook(lambda m, a, kw: fed.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    try:
+        with policy_caches(tiny_llama, policy, mem_size, segment) as new_cache:
+            made = []
+
+            def counting_cache():
+                made.append(new_cache())
+                return made[-1]
+
+            kwargs = dict(segment_size=segment, max_new_tokens=4, do_sample=False, pad_token_id=0)
+            alone = passkey_mod._generate_answers(tiny_llama, prompts, counting_cache, share_prefix=False, **kwargs)
+            fed_alone, fed[:] = sum(fed), []
+            together = passkey_mod._generate_answers(tiny_llama, prompts, counting_cache, **kwargs)
+            assert together == alone and all(len(a) == 4 for a in alone)
+            assert sum(fed) == fed_alone - 2 * shared  # the prefix is read once instead of three times
+            assert len(made) == 4  # 3 fresh caches, then one shared one, forked per prompt
+            if policy != "full":
+                assert made[-1].compressed_layers[0].compressions > 0  # compressed inside the shared prefix
+
+            # the caches after the prompt are bit-identical, and so are the last logits
+            base = new_cache()
+            lococo.prefill(tiny_llama, torch.tensor([prompts[0][:shared]]), cache=base, segment_size=segment)
+            for ids in prompts:
+                ids = torch.tensor([ids[:-1]])
+                a = lococo.prefill(tiny_llama, ids, cache=new_cache(), segment_size=segment)
+                b = lococo.prefill(tiny_llama, ids, cache=base.fork(), segment_size=segment)
+                assert torch.equal(a.logits, b.logits)
+                for la, lb in zip(a.cache.layers, b.cache.layers, strict=True):
+                    assert torch.equal(la.keys, lb.keys) and torch.equal(la.values, lb.values)
+            assert base.get_seq_length() == shared  # forks leave the shared cache alone
+
+            # and the records of the grid are the ones of the plain path
+            cell = dict(length=300, depth=0.6, trials=3, segment_size=segment, max_new_tokens=4, progress=False)
+            shared_record = passkey_accuracy(tiny_llama, tok, new_cache, **cell)
+            original = passkey_mod._generate_answers
+            monkeypatch.setattr(passkey_mod, "_generate_answers",
+                                lambda *a, **kw: original(*a, **{**kw, "share_prefix": False}))
+            assert passkey_accuracy(tiny_llama, tok, new_cache, **cell) == shared_record
+    finally:
+        hook.remove()
+
+
+def test_passkey_random_policy_reads_each_prompt_alone(tiny_llama):
+    from lococo.evaluation import passkey as passkey_mod
+
+    with policy_caches(tiny_llama, "random", 16, 32) as new_cache:
+        assert not passkey_mod._forks_exactly(new_cache())  # its draws depend on every compression before
+        made = []
+        prompts = [build_prompt(CharTokenizer(), 300, 0.5, random_key(0, 300, 0.5, t)).ids for t in range(2)]
+        passkey_mod._generate_answers(tiny_llama, prompts, lambda: made.append(new_cache()) or made[-1],
+                                      segment_size=32, max_new_tokens=1, do_sample=False, pad_token_id=0)
+        assert len(made) == 2 and made[1].get_seq_length() >= 299
+    with policy_caches(tiny_llama, "tova", 16, 32) as new_cache:
+        assert passkey_mod._forks_exactly(new_cache())
 
 
 def _passkey_record(length: int, depth: float, correct: int, trials: int = 10, **cell) -> dict:

@@ -5,7 +5,9 @@ Remember it. 12345 is the pass key.") inserted at ``depth`` (0 = start, 1 = end 
 filler, then the question "What is the pass key? The pass key is". The answer is a few greedy tokens from
 :func:`lococo.generate` (prompt read in segments through the policy's cache); a trial is correct when the
 first 5-digit number of the answer is the key. Keys are drawn from a generator seeded by
-``(seed, length, depth, trial)``, so every policy sees the same keys.
+``(seed, length, depth, trial)``, so every policy sees the same keys. The keys of one (length, depth)
+share everything before the needle: that prefix is read once, up to a segment boundary, and the cache
+forked for each key, which gives exactly the answers of reading each prompt alone.
 
 A cell's accuracy is ``correct / trials`` with its 95% Wilson score interval (``accuracy_low``,
 ``accuracy_high``): with 10 keys a cell that finds 5 reads 0.5 [0.24, 0.76], so a difference between two
@@ -129,32 +131,26 @@ def passkey_accuracy(
     progress: bool = True,
 ) -> dict[str, Any]:
     """``accuracy`` over ``trials`` keys at (length, depth) with its 95% Wilson interval (``accuracy_low``,
-    ``accuracy_high``), the ``correct`` count, the ``answers`` and the achieved depth."""
-    from ..generation import generate
+    ``accuracy_high``), the ``correct`` count, the ``answers`` and the achieved depth.
 
+    The filler before the needle is the same for every key, so it is read once and the cache forked per key
+    (:func:`_generate_answers`): the answers are the ones each prompt gives when read alone."""
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
         pad_id = getattr(tokenizer, "eos_token_id", None)
-    correct, answers, depths = 0, [], []
-    for trial in tqdm(range(trials), desc=f"passkey {length}@{depth}", unit="trial", disable=not progress, leave=False):
-        key = random_key(seed, length, depth, trial)
-        prompt = build_prompt(tokenizer, length, depth, key, filler_text)
-        ids = torch.tensor([prompt.ids], dtype=torch.long)
-        out = generate(
-            model,
-            ids,
-            cache=new_cache(),
-            segment_size=segment_size,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id,
-        )
-        answer = tokenizer.decode(out[0, ids.shape[1] :].tolist(), skip_special_tokens=True)
-        correct += answer_is_correct(answer, key)
-        answers.append({"key": key, "answer": answer})
-        depths.append(prompt.depth)
+    prompts = [build_prompt(tokenizer, length, depth, random_key(seed, length, depth, trial), filler_text)
+               for trial in range(trials)]
+    outputs = _generate_answers(
+        model, [p.ids for p in prompts], new_cache, segment_size=segment_size, progress=progress,
+        desc=f"passkey {length}@{depth}", max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
+    )
+    correct, answers = 0, []
+    for prompt, new_ids in zip(prompts, outputs, strict=True):
+        answer = tokenizer.decode(new_ids, skip_special_tokens=True)
+        correct += answer_is_correct(answer, prompt.key)
+        answers.append({"key": prompt.key, "answer": answer})
     low, high = wilson_interval(correct, trials)
     return {
         "accuracy": correct / trials,
@@ -162,9 +158,74 @@ def passkey_accuracy(
         "accuracy_high": high,
         "correct": correct,
         "trials": trials,
-        "achieved_depth": sum(depths) / len(depths),
+        "achieved_depth": sum(p.depth for p in prompts) / trials,
         "answers": answers,
     }
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]], segment_size: int) -> int:
+    """Tokens that can be read once for all ``prompts`` (all of one length): the longest common prefix of
+    the part :func:`lococo.generate` prefills (all but the last token), cut back to the last boundary of
+    its segments (:func:`lococo.generation.segment_bounds`, anchored at the end). Reading those tokens
+    alone cuts and compresses them exactly as every full read does; 0 when no boundary lies in the prefix."""
+    from ..generation import segment_bounds
+
+    if len({len(ids) for ids in prompts}) != 1:
+        return 0  # different lengths: different segment bounds
+    n_read = len(prompts[0]) - 1
+    first = prompts[0]
+    common = n_read
+    for ids in prompts[1:]:
+        common = next((i for i in range(common) if ids[i] != first[i]), common)
+    return max((stop for _, stop in segment_bounds(n_read, segment_size) if stop <= common), default=0)
+
+
+def _forks_exactly(cache: Any) -> bool:
+    """False when a policy of ``cache`` carries a random generator (``random``): every compression draws
+    from it, so a prefix read once would not get the draws it gets when each prompt is read alone."""
+    from ..cache import CompressedCache
+
+    if not isinstance(cache, CompressedCache):
+        return False
+    policies = [cache.policy, *(layer.policy for layer in cache.compressed_layers)]
+    return not any(isinstance(v, torch.Generator) for p in policies for v in vars(p).values())
+
+
+def _generate_answers(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    new_cache: CacheFactory,
+    *,
+    segment_size: int,
+    share_prefix: bool = True,
+    progress: bool = False,
+    desc: str = "prompts",
+    **generate_kwargs: Any,
+) -> list[list[int]]:
+    """The new tokens :func:`lococo.generate` gives for each prompt, each read through its own cache.
+
+    With ``share_prefix`` the tokens all prompts begin with (up to a segment boundary,
+    :func:`shared_prefix_length`) are read once into one cache, which is then forked for each prompt;
+    :func:`lococo.generate` reads only the rest of the prompt (same segment bounds, as ``prefill`` skips
+    the tokens the cache has seen) and decodes as usual. The result is the same as with ``share_prefix``
+    False (every prompt read from scratch through a fresh cache): same segments, same compressions.
+    """
+    from ..generation import generate, prefill
+
+    cache = new_cache()
+    shared = 0
+    if share_prefix and len(prompts) > 1 and _forks_exactly(cache):
+        shared = shared_prefix_length(prompts, segment_size)
+    if shared:
+        prefill(model, torch.tensor([list(prompts[0][:shared])], dtype=torch.long), cache=cache,
+                segment_size=segment_size)
+    outputs = []
+    for i, prompt in enumerate(tqdm(prompts, desc=desc, unit="trial", disable=not progress, leave=False)):
+        ids = torch.tensor([list(prompt)], dtype=torch.long)
+        own = cache.fork() if shared else cache if i == 0 else new_cache()
+        out = generate(model, ids, cache=own, segment_size=segment_size, **generate_kwargs)
+        outputs.append(out[0, ids.shape[1] :].tolist())
+    return outputs
 
 
 def _counts(record: dict) -> tuple[int, int]:
