@@ -4,8 +4,9 @@
 #   bash reports/run_reports.sh ppl           # perplexity at 8K, every policy, untrained LoCoCo heads  ~30 min
 #   bash reports/run_reports.sh ppl-trained   # perplexity at 8K of the shipped (trained) heads          ~3 min
 #   bash reports/run_reports.sh ppl-intervals # 8K perplexity on 4 documents with intervals, M = 128     ~25 min
+#   bash reports/run_reports.sh ppl-all-docs  # 8K perplexity on all 11 held-out 8K sequences, M = 128     ~55 min
 #   bash reports/run_reports.sh decode        # decode fidelity after 8K tokens, 4 documents, M = 128      ~35 min
-#   bash reports/run_reports.sh passkey       # passkey retrieval up to 8K, shipped heads                ~40 min
+#   bash reports/run_reports.sh passkey       # passkey up to 8K, 10 keys x 5 depths per cell, fp32  ~15 h (!)
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
 #
@@ -13,7 +14,8 @@
 # DEVICE=cuda for a GPU. THREADS=N sets torch's CPU threads (default 1, so two reports can run side by side
 # on 2 cores). The settings below were chosen for a 2-core CPU budget:
 #   ppl      one 8K-token held-out sequence (the first essays of the held-out split) per cell, fp32
-#   passkey  2K and 8K tokens, needle at depths 0.25 and 0.75, 2 keys per cell, M in {128, 512}, bf16
+#   passkey  2K, 4K and 8K tokens, depths 0.1 to 0.9, 10 keys per cell (Wilson intervals), M = 128, fp32
+#            (reports/passkey.json is still the older 2-key bf16 run until this one has been run)
 #   bench    4K, 16K and 32K tokens, M = 128, fp32, one fresh process per cell (the full cache and LoCoCo at
 #            M = 512 are in benchmarks/results/core_memory_speed.*)
 #   passkey and bench leave out random and meanpool: floors that score ~2x the full cache's perplexity at
@@ -46,6 +48,13 @@ if [[ "$WHAT" == all || "$WHAT" == ppl-intervals ]]; then
         "${RUN[@]}" --output reports/ppl_intervals.json
 fi
 
+if [[ "$WHAT" == all || "$WHAT" == ppl-all-docs ]]; then
+    # Every 8K-token sequence the held-out split gives (11; --num-docs 16 asks for more than there are): the
+    # interval widths that set --num-docs (issue 12).
+    lococo eval ppl --length 8192 --policy full tova snapkv lococo --mem-size 128 --heads shipped --num-docs 16 \
+        "${RUN[@]}" --output reports/ppl_docs16.json
+fi
+
 if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
     # Decode fidelity: 4 held-out sequences of 8K tokens; the last 256 fed one at a time vs as one segment.
     lococo eval decode --length 8192 --decode-tokens 256 --policy full tova snapkv streaming h2o-last lococo \
@@ -53,9 +62,10 @@ if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == passkey ]]; then
-    lococo eval passkey --dtype bfloat16 --length 2048 8192 --depth 0.25 0.75 --trials 2 --segment-size 512 \
-        --mem-size 128 512 --policy full window streaming h2o h2o-last tova snapkv lococo --heads shipped \
-        "${RUN[@]}" --output reports/passkey.json
+    # fp32: on CPUs without AVX512-BF16 a bf16 model is ~50x slower (benchmarks/results/half_precision_cpu.txt)
+    lococo eval passkey --length 2048 4096 8192 --depth 0.1 0.3 0.5 0.7 0.9 --trials 10 --segment-size 512 \
+        --mem-size 128 --policy full streaming tova snapkv lococo --heads shipped \
+        "${RUN[@]}" --output reports/passkey_10keys.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == bench ]]; then
