@@ -547,3 +547,36 @@ def test_cli_decode_end_to_end(tiny_llama, tmp_path, monkeypatch):
     assert [r["policy"] for r in records] == ["full", "window"] and all(r["docs"] == 3 for r in records)
     assert records[0]["decode_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert out.with_suffix(".png").is_file()
+
+
+def test_document_windows_cut_long_documents_and_remember_their_document():
+    from lococo.evaluation.perplexity import document_windows, eval_sequences
+
+    docs = [list(range(100)), list(range(100, 130)), list(range(130, 160)), list(range(200, 245))]
+    seqs, groups = document_windows(docs, 40, windows_per_doc=3)
+    assert [s[0, 0].item() for s in seqs] == [0, 40, 100, 200] and groups == [0, 0, 2, 3]
+    assert [s.shape for s in seqs] == [(1, 40)] * 4  # short docs 1 and 2 joined; the rest of each doc dropped
+    assert [s[0, 0].item() for s in eval_sequences(docs, 40)] == [0, 100, 200]  # one window each, as before
+    assert len(document_windows(docs, 40, limit=2, windows_per_doc=3)[0]) == 2
+    with pytest.raises(ConfigError, match="windows_per_doc"):
+        document_windows(docs, 40, windows_per_doc=0)
+
+
+def test_cluster_bootstrap_resamples_documents_not_windows():
+    from lococo.evaluation.stats import bootstrap_interval, gap_closed, paired_difference
+
+    rng = np.random.default_rng(0)
+    doc_effect = np.repeat(rng.normal(0.0, 0.05, 6), 5)  # 6 documents x 5 windows, windows alike
+    values = doc_effect + rng.normal(0.0, 0.005, 30)
+    groups = np.repeat(np.arange(6), 5)
+    mean, low, high = bootstrap_interval(values, groups=groups)
+    _, low_naive, high_naive = bootstrap_interval(values)
+    assert low < mean < high and (high - low) > 1.8 * (high_naive - low_naive)  # 30 windows are ~6 samples
+    one_each = bootstrap_interval(values[::5])
+    assert bootstrap_interval(values[::5], groups=np.arange(6)) == pytest.approx(one_each)  # no grouping = today's
+    assert paired_difference(values + 0.1, values, groups=groups) == pytest.approx((0.1, 0.1, 0.1))
+    closed = gap_closed(values + 0.05, values + 0.1, values, groups=groups)
+    assert closed == pytest.approx((0.5, 0.5, 0.5))
+    assert bootstrap_interval(values[:5], groups=groups[:5])[1] is None  # one document: no interval
+    with pytest.raises(ConfigError, match="one group per value"):
+        bootstrap_interval(values, groups=groups[:3])

@@ -57,24 +57,31 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     grid.add_argument("--no-progress", action="store_true", help="only the per-cell progress bar")
 
 
+def _add_text_args(parser: argparse.ArgumentParser, length_help: str) -> None:
+    """The evaluation text: source, split, sequence length, windows per document."""
+    parser.add_argument("--data", default=None,
+                        help="text source as in lococo.data.load_texts, e.g. bundled:code (default: bundled held-out "
+                        "narrative: essays and plays)")
+    parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
+    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS, help=length_help)
+    parser.add_argument("--windows-per-doc", type=int, default=1,
+                        help="up to this many consecutive --length windows from each long document (default 1); "
+                        "intervals then resample documents, not windows")
+
+
 def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lococo eval ppl``."""
     parser.add_argument("--compare-to", default=None, metavar="POLICY",
                         help="reference of the paired comparisons in the report (default: the best policy that is "
                         "neither learned nor the full cache, per length and M)")
-    parser.add_argument("--data", default=None, help="text source as in lococo.data.load_texts (default: bundled held-out)")
-    parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
-    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS, help="tokens per sequence")
+    _add_text_args(parser, "tokens per sequence")
     _add_common_args(parser, "ppl")
     parser.set_defaults(eval_run=run_ppl)
 
 
 def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lococo eval decode``."""
-    parser.add_argument("--data", default=None, help="text source as in lococo.data.load_texts (default: bundled held-out)")
-    parser.add_argument("--split", default="heldout", help="split of bundled/hub sources (default heldout)")
-    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_PPL_LENGTHS,
-                        help="tokens per sequence: the last --decode-tokens are the ones decoded")
+    _add_text_args(parser, "tokens per sequence: the last --decode-tokens are the ones decoded")
     parser.add_argument("--decode-tokens", type=int, default=256, help="tokens fed one at a time (default 256)")
     _add_common_args(parser, "decode")
     parser.set_defaults(eval_run=run_decode)
@@ -183,23 +190,27 @@ def run_ppl(args: argparse.Namespace) -> int:
     sequences = _sequences(args, tokenizer)
 
     def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
-        seqs = sequences[cell["length"]]
-        return perplexity(model, seqs, new_cache, cell["segment_size"], progress=not args.no_progress)
+        seqs, groups = sequences[cell["length"]]
+        return perplexity(model, seqs, new_cache, cell["segment_size"], groups=groups, progress=not args.no_progress)
 
     return _run_grid("ppl", args, model, evaluate, plot_perplexity,
                      summary=lambda records: paired_summary(records, args.compare_to))
 
 
-def _sequences(args: argparse.Namespace, tokenizer: Any) -> dict[int, list]:
-    """Evaluation sequences of each ``--length`` from ``--data`` (clear error if the data is too short)."""
+def _sequences(args: argparse.Namespace, tokenizer: Any) -> dict[int, tuple[list, list[int] | None]]:
+    """Evaluation sequences of each ``--length`` from ``--data`` and the document of each (None with one window
+    per document: every sequence is its own document); a clear error if the data is too short."""
     from lococo.data import load_texts, tokenize_documents
     from lococo.errors import ConfigError
 
-    from .perplexity import eval_sequences
+    from .perplexity import document_windows
 
     token_lists = tokenize_documents(load_texts(args.data, split=args.split), tokenizer)
-    sequences = {n: eval_sequences(token_lists, n, args.limit_docs) for n in args.length}
-    empty = [n for n, seqs in sequences.items() if not seqs]
+    sequences = {}
+    for n in args.length:
+        seqs, groups = document_windows(token_lists, n, args.limit_docs, args.windows_per_doc)
+        sequences[n] = (seqs, groups if args.windows_per_doc > 1 else None)
+    empty = [n for n, (seqs, _) in sequences.items() if not seqs]
     if empty:
         total = sum(len(t) for t in token_lists)
         raise ConfigError(f"the data has {total} tokens in all, too few for --length {' '.join(map(str, empty))}")
@@ -217,7 +228,8 @@ def run_decode(args: argparse.Namespace) -> int:
     sequences = _sequences(args, tokenizer)
 
     def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
-        return decode_fidelity(model, sequences[cell["length"]], new_cache, cell["segment_size"], args.decode_tokens,
+        seqs, groups = sequences[cell["length"]]
+        return decode_fidelity(model, seqs, new_cache, cell["segment_size"], args.decode_tokens, groups=groups,
                                progress=not args.no_progress)
 
     return _run_grid("decode", args, model, evaluate, plot_decode)

@@ -39,9 +39,11 @@ def decode_fidelity(
     segment_size: int,
     decode_tokens: int = DEFAULT_DECODE_TOKENS,
     *,
+    groups: Sequence[int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Decode/segment perplexity ratio over ``sequences`` (each ``[1, N]``, N > ``decode_tokens``)."""
+    """Decode/segment perplexity ratio over ``sequences`` (each ``[1, N]``, N > ``decode_tokens``); ``groups``
+    (the document of each sequence) makes the intervals resample documents."""
     if decode_tokens < 1 or any(s.shape[1] <= decode_tokens for s in sequences):
         raise ConfigError(f"decode_tokens must be >= 1 and shorter than every sequence, got {decode_tokens}")
     seg_nll, dec_nll, doc_nll = [], [], []
@@ -55,8 +57,8 @@ def decode_fidelity(
         dec_nll.append(float(-decoded.logprobs.double().mean()))
         doc_nll.append(float(-torch.cat([prefix.logprobs, segment.logprobs], dim=-1).double().mean()))
     ratios = np.exp(np.array(dec_nll) - np.array(seg_nll))
-    ratio, low, high = bootstrap_interval(ratios)
-    nll, nll_low, nll_high = bootstrap_interval(doc_nll)
+    ratio, low, high = bootstrap_interval(ratios, groups=groups)
+    nll, nll_low, nll_high = bootstrap_interval(doc_nll, groups=groups)
     return {
         "ppl": math.exp(nll),
         "ppl_low": math.exp(nll_low) if nll_low is not None else None,
@@ -72,6 +74,7 @@ def decode_fidelity(
         "docs": len(sequences),
         "doc_segment_nll": seg_nll,
         "doc_decode_nll": dec_nll,
+        **({} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}),
     }
 
 

@@ -92,23 +92,40 @@ def bucket_label(lo: int, hi: int) -> str:
     return f"{_size_label(lo)}-{_size_label(hi)}"
 
 
-def eval_sequences(token_lists: Sequence[Sequence[int]], length: int, limit: int | None = None) -> list[torch.Tensor]:
-    """Sequences of exactly ``length`` tokens ``[1, length]`` from documents, in order.
+def document_windows(
+    token_lists: Sequence[Sequence[int]], length: int, limit: int | None = None, windows_per_doc: int = 1
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Sequences of exactly ``length`` tokens ``[1, length]`` from documents, in order, and the document each
+    comes from (the index in ``token_lists`` of the document that completes it).
 
     A document with at least ``length`` tokens (together with what is still buffered from shorter ones)
-    gives one sequence, truncated; shorter documents are concatenated until ``length`` is reached.
-    The rest of a document beyond a sequence is dropped. At most ``limit`` sequences.
+    gives up to ``windows_per_doc`` consecutive, non-overlapping windows; shorter documents are concatenated
+    until ``length`` is reached. The rest of a document beyond its windows is dropped. At most ``limit``
+    sequences. Windows of one document share its group id: intervals resample documents, not windows.
     """
+    if windows_per_doc < 1:
+        raise ConfigError(f"windows_per_doc must be >= 1, got {windows_per_doc}")
     sequences: list[torch.Tensor] = []
+    groups: list[int] = []
     buffer: list[int] = []
-    for tokens in token_lists:
+    for doc, tokens in enumerate(token_lists):
         buffer.extend(tokens)
-        if len(buffer) >= length:
-            sequences.append(torch.tensor([buffer[:length]], dtype=torch.long))
-            buffer = []
+        taken = 0
+        while len(buffer) >= length and taken < windows_per_doc:
             if limit is not None and len(sequences) >= limit:
-                break
-    return sequences
+                return sequences, groups
+            sequences.append(torch.tensor([buffer[:length]], dtype=torch.long))
+            groups.append(doc)
+            buffer = buffer[length:]
+            taken += 1
+        if taken:
+            buffer = []
+    return sequences, groups
+
+
+def eval_sequences(token_lists: Sequence[Sequence[int]], length: int, limit: int | None = None) -> list[torch.Tensor]:
+    """One sequence of ``length`` tokens per document (:func:`document_windows` with one window each)."""
+    return document_windows(token_lists, length, limit)[0]
 
 
 def perplexity(
@@ -117,12 +134,14 @@ def perplexity(
     new_cache: CacheFactory,
     segment_size: int,
     *,
+    groups: Sequence[int] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """``ppl``, mean ``nll``, scored ``tokens``, ``docs`` and ``loss_by_bucket`` over ``sequences``.
 
     Each sequence is read with a fresh cache from ``new_cache()``. Buckets are over the position of the
-    predicted token in its sequence.
+    predicted token in its sequence. ``groups`` (the document of each sequence, from
+    :func:`document_windows`) makes the interval resample documents; it is kept as ``doc_group``.
     """
     if not sequences:
         raise ConfigError("no evaluation sequences: the documents are shorter than the requested length")
@@ -145,7 +164,8 @@ def perplexity(
     by_bucket = {
         bucket_label(edges[i], edges[i + 1]): float(sums[i] / counts[i]) for i in range(len(sums)) if counts[i] > 0
     }
-    _, low, high = bootstrap_interval(doc_nll)
+    _, low, high = bootstrap_interval(doc_nll, groups=groups)
+    grouped = {} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}
     return {
         "ppl": math.exp(nll),
         "ppl_low": None if low is None else math.exp(low),  # 95% bootstrap interval over documents
@@ -155,6 +175,7 @@ def perplexity(
         "docs": len(sequences),
         "loss_by_bucket": by_bucket,
         "doc_nll": doc_nll,
+        **grouped,
     }
 
 
@@ -188,16 +209,19 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
         for r in sorted(group, key=lambda r: r["nll"]):
             if r is ref or len(r["doc_nll"]) != len(ref["doc_nll"]):
                 continue
-            d = paired_difference(r["doc_nll"], ref["doc_nll"])
+            groups = r.get("doc_group")
+            d = paired_difference(r["doc_nll"], ref["doc_nll"], groups=groups)
             closed = ""
             if kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"]):
-                closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"]), percent=True)
-            needed = docs_for_width(d[1], d[2], len(r["doc_nll"]))
+                closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"], groups=groups),
+                                       percent=True)
+            n_docs = len(set(groups)) if groups else len(r["doc_nll"])
+            needed = docs_for_width(d[1], d[2], n_docs)
             rows.append(f"| {length} | {mem} | {r['policy']} | {ref['policy']} | {_fmt_interval(d)} | "
-                        f"{math.exp(d[0]):.4f} | {len(r['doc_nll'])} | {needed or ''} | {closed} |")
+                        f"{math.exp(d[0]):.4f} | {n_docs} ({len(r['doc_nll'])}) | {needed or ''} | {closed} |")
     if not rows:
         return ""
-    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs | docs for 0.5% | "
+    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs (sequences) | docs for 0.5% | "
               "gap to full closed |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
               "*docs for 0.5%*: documents a rerun would need for the interval of Δ nll to be 0.005 nats wide "
               "(0.5% of perplexity), projected from this interval's width (widths shrink as 1/sqrt(docs))."]

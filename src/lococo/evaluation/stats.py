@@ -19,30 +19,56 @@ from ..errors import ConfigError
 RESAMPLES = 10_000
 
 
+def _clusters(n: int, groups: Sequence[int] | None) -> np.ndarray:
+    """``[n_groups, n]`` 0/1 membership of each value in its group (each value alone without groups)."""
+    if groups is None:
+        return np.eye(n)
+    groups = np.asarray(groups)
+    if groups.shape != (n,):
+        raise ConfigError(f"groups must give one group per value: {groups.shape} for {n} values")
+    return (np.unique(groups)[:, None] == groups[None, :]).astype(float)
+
+
+def _draw_groups(n_groups: int, resamples: int, seed: int) -> np.ndarray:
+    """``[resamples, n_groups]``: how often each group is drawn in each bootstrap resample."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n_groups, size=(resamples, n_groups))
+    return np.stack([np.bincount(row, minlength=n_groups) for row in idx]).astype(float)
+
+
+def _percentiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(draws, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def bootstrap_interval(
     values: Sequence[float] | np.ndarray,
     *,
+    groups: Sequence[int] | None = None,
     confidence: float = 0.95,
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> tuple[float, float | None, float | None]:
-    """``(mean, low, high)``: the mean over documents and its percentile bootstrap interval.
+    """``(mean, low, high)``: the mean over sequences and its percentile bootstrap interval.
 
-    With fewer than 2 documents there is no interval (None, None).
+    ``groups`` (one id per value) resamples whole groups: several windows cut from one document are one
+    document's evidence, not independent samples (a cluster bootstrap). With fewer than 2 groups there is
+    no interval (None, None).
     """
     data = np.asarray(values, dtype=float)
     mean = float(data.mean())
-    if len(data) < 2:
+    members = _clusters(len(data), groups)
+    if len(members) < 2:
         return mean, None, None
-    rng = np.random.default_rng(seed)
-    draws = data[rng.integers(0, len(data), size=(resamples, len(data)))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(draws, [tail, 100 - tail])
-    return mean, float(low), float(high)
+    counts = _draw_groups(len(members), resamples, seed) @ members  # [resamples, n]: weight of each value
+    draws = (counts @ data) / counts.sum(axis=1)
+    return (mean, *_percentiles(draws, confidence))
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], **kwargs) -> tuple[float, float | None, float | None]:
-    """Mean of ``a - b`` over the same documents, with its bootstrap interval."""
+    """Mean of ``a - b`` over the same sequences, with its bootstrap interval (``groups`` as
+    :func:`bootstrap_interval`)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired values must cover the same documents: {a.shape} vs {b.shape}")
@@ -50,23 +76,25 @@ def paired_difference(a: Sequence[float], b: Sequence[float], **kwargs) -> tuple
 
 
 def gap_closed(candidate: Sequence[float], other: Sequence[float], full: Sequence[float], *,
-               resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float | None, float | None]:
-    """``(other - candidate) / (other - full)`` on mean per-document nll, documents resampled jointly:
-    the share of the gap between another policy and the full cache that the candidate closes."""
+               groups: Sequence[int] | None = None, resamples: int = RESAMPLES,
+               seed: int = 0) -> tuple[float, float | None, float | None]:
+    """``(other - candidate) / (other - full)`` on mean per-sequence nll, documents resampled jointly (whole
+    ``groups`` when given): the share of the gap between another policy and the full cache that the
+    candidate closes."""
     rows = np.stack([np.asarray(candidate, float), np.asarray(other, float), np.asarray(full, float)], axis=1)
 
-    def stat(x: np.ndarray) -> float:
-        c, o, f = x.mean(axis=0)
-        return (o - c) / (o - f) if o != f else float("nan")
+    def stat(means: np.ndarray) -> np.ndarray:
+        c, o, f = means[..., 0], means[..., 1], means[..., 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(o != f, (o - c) / (o - f), np.nan)
 
-    estimate = stat(rows)
-    if len(rows) < 2:
+    estimate = float(stat(rows.mean(axis=0)))
+    members = _clusters(len(rows), groups)
+    if len(members) < 2:
         return estimate, None, None
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(rows), size=(resamples, len(rows)))
-    draws = np.array([stat(rows[i]) for i in idx])
-    low, high = np.nanpercentile(draws, [2.5, 97.5])
-    return float(estimate), float(low), float(high)
+    counts = _draw_groups(len(members), resamples, seed) @ members
+    draws = stat((counts @ rows) / counts.sum(axis=1, keepdims=True))
+    return (estimate, *_percentiles(draws, 0.95))
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -103,7 +131,8 @@ TARGET_WIDTH_NATS = 0.005
 
 def docs_for_width(low: float | None, high: float | None, n: int, target: float = TARGET_WIDTH_NATS) -> int | None:
     """Documents needed for an interval of width ``target``, projected from one of width ``high - low`` over
-    ``n`` documents (widths shrink as 1/sqrt(n)). None without an interval."""
+    ``n`` documents (widths shrink as 1/sqrt(n); with windows, count documents, not windows). None without
+    an interval."""
     if low is None or high is None or n < 2:
         return None
     return max(n, math.ceil(n * ((high - low) / target) ** 2))
