@@ -4,8 +4,9 @@
 #
 #   bash reports/signals/run_signals.sh train lm     # ~35 min on 1 CPU thread (fp32 model: this CPU has no AVX512-BF16, where bf16 matmuls are ~50x slower)
 #   bash reports/signals/run_signals.sh train kl     # ~45 min (one more forward per chunk: the teacher)
-#   bash reports/signals/run_signals.sh eval         # 8K perplexity of both on the 4 held-out sequences of
-#                                                    # reports/ppl_intervals.json, with paired comparisons
+#   bash reports/signals/run_signals.sh eval lm      # 8K perplexity on the 11 held-out sequences of
+#   bash reports/signals/run_signals.sh eval kl      # reports/ppl_docs16.json (~15 min each)
+#   python reports/signals/summarize.py              # paired comparisons against TOVA, shipped heads, curves
 #
 # Recipe (both): fresh heads, M = 128, lambda starting at 0.1 (close to exact selection, which is level with
 # TOVA, so training starts at the best heuristic instead of below it), sequences of 8 x 512 tokens whose
@@ -26,10 +27,9 @@ case "${1:-}" in
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;
     eval)
-        for signal in lm kl; do
-            lococo eval ppl --length 8192 --policy lococo --heads "$OUT/$signal/heads" --mem-size 128 --num-docs 4 \
-                --device cpu --threads 1 --seed 0 --no-progress --output "$OUT/ppl_$signal.json"
-        done ;;
+        # the same 11 sequences as reports/ppl_docs16.json (full, TOVA, SnapKV, shipped heads), read the same way
+        lococo eval ppl --length 8192 --policy lococo --heads "$OUT/${2:?lm or kl}/heads" --mem-size 128 \
+            --num-docs 16 --device cpu --threads 1 --seed 0 --no-progress --output "$OUT/ppl_$2.json" ;;
     *)
-        echo "usage: $0 train lm|kl | eval" >&2; exit 2 ;;
+        echo "usage: $0 train lm|kl | eval lm|kl" >&2; exit 2 ;;
 esac

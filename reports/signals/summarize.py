@@ -1,0 +1,80 @@
+"""Summarise the training-signal comparison (issue #13): held-out perplexity of heads trained with lm and kl
+against TOVA, the full cache and the shipped heads on the same 11 sequences, and the training curves.
+
+    python reports/signals/summarize.py    # writes reports/signals/README.md's table (signals.md) and curves.png
+
+Inputs: reports/ppl_docs16.json (full, TOVA, SnapKV, shipped LoCoCo), reports/signals/ppl_{lm,kl}.json and
+reports/signals/{lm,kl}/metrics.jsonl, all written by committed commands (run_signals.sh, run_reports.sh).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lococo.evaluation.grid import pyplot
+from lococo.evaluation.stats import gap_closed, paired_difference
+
+HERE = Path(__file__).parent
+REPORTS = HERE.parent
+
+
+def _records(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["records"] if path.exists() else []
+
+
+def _fmt(stat: tuple, scale: float = 1.0, digits: int = 4, unit: str = "") -> str:
+    mean, low, high = stat
+    if low is None:
+        return f"{mean * scale:+.{digits}f}{unit}"
+    return f"{mean * scale:+.{digits}f}{unit} [{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]"
+
+
+def main() -> None:
+    base = {r["policy"]: r for r in _records(REPORTS / "ppl_docs16.json")}
+    rows = {"TOVA": base["tova"], "SnapKV": base["snapkv"], "LoCoCo, shipped heads": base["lococo"]}
+    for signal in ("lm", "kl"):
+        for r in _records(HERE / f"ppl_{signal}.json"):
+            rows[f"LoCoCo, trained with {signal}"] = r
+    full, tova = base["full"], base["tova"]
+    lines = [
+        f"Held-out perplexity at 8K tokens, M = 128, {len(full['doc_nll'])} sequences ({full['tokens']:,} scored "
+        "tokens per policy), fp32; 95% bootstrap intervals over documents, differences paired on the same "
+        f"documents. Full cache: {full['ppl']:.2f}.",
+        "",
+        "| policy | ppl | Δ nll vs TOVA (nats) | gap to full closed |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        diff = paired_difference(r["doc_nll"], tova["doc_nll"]) if r is not tova else None
+        closed = gap_closed(r["doc_nll"], tova["doc_nll"], full["doc_nll"]) if r is not tova else None
+        lines.append(f"| {name} | {r['ppl']:.2f} [{r['ppl_low']:.2f}, {r['ppl_high']:.2f}] | "
+                     f"{_fmt(diff) if diff else '–'} | {_fmt(closed, 100, 1, '%') if closed else '–'} |")
+    (HERE / "signals.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    plt = pyplot()
+    fig, (ax_tok, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4))
+    for signal in ("lm", "kl"):
+        path = HERE / signal / "metrics.jsonl"
+        if not path.exists():
+            continue
+        metrics = [json.loads(line) for line in path.read_text().splitlines()]
+        evals = [m for m in metrics if "heldout_ppl" in m]
+        seconds, elapsed = 0.0, {}
+        for m in metrics:
+            seconds += m["tokens_seen"] / max(m["step"], 1) / m["tokens_per_s"]
+            elapsed[m["step"]] = seconds
+        ax_tok.plot([m["tokens_seen"] for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=signal)
+        ax_cpu.plot([elapsed[m["step"]] / 60 for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=signal)
+    for ax, xlabel in ((ax_tok, "training tokens"), (ax_cpu, "training minutes (1 CPU thread, shared machine)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out ppl (one 4K sequence, in training)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
