@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
 
 import pytest
+from transformers import PreTrainedTokenizer
 
 import lococo
 from lococo._version import __version__
@@ -130,3 +132,144 @@ def test_heads_with_another_memory_size_are_refused_not_silently_used(tiny_llama
     assert cache.policy.mem_size == 32  # no --mem-size: the heads' M
     with pytest.raises(lococo.ConfigError, match="mem_size 16 does not match the M = 32 of the LoCoCo heads attached"):
         lococo.make_cache(tiny_llama, "lococo", mem_size=16)
+
+
+# ------------------------------------------------------------------------------------------ lococo generate
+
+
+class CharTokenizer(PreTrainedTokenizer):
+    """A character-level Hugging Face tokenizer for the 128-token tiny models (0 pad, 3 EOS)."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, **kwargs):
+        super().__init__(pad_token="\x00", eos_token="\x03", **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return 128
+
+    def get_vocab(self) -> dict[str, int]:
+        return {chr(i): i for i in range(128)}
+
+    def _tokenize(self, text: str) -> list[str]:
+        return [c if ord(c) < 128 else " " for c in text]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return ord(token)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return chr(index)
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+SMALL = ["--policy", "tova", "--mem-size", "16", "--segment-size", "8", "--max-new-tokens", "12"]
+
+
+class TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def tiny_generate(tiny_llama, monkeypatch, capsys):
+    """``lococo generate`` on the tiny model with a char-level tokenizer: returns ``gen(*args, stdin=...)``."""
+    tokenizer = CharTokenizer()
+    monkeypatch.setattr(cli, "load_model_from_args", lambda args: (tiny_llama, tokenizer))
+
+    def gen(*args: str, stdin: io.StringIO | None = None) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", stdin if stdin is not None else TTY())
+        code = cli.main(["generate", *SMALL, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    gen.tokenizer = tokenizer
+    return gen
+
+
+PROMPT = "The quick brown fox jumps over the lazy dog, again and again."
+
+
+def test_generate_reads_the_prompt_from_stdin_when_no_source_is_given(tiny_generate):
+    code, out, err = tiny_generate("--no-progress", stdin=io.StringIO(PROMPT))
+    assert code == 0, err
+    assert f"[{len(PROMPT)} prompt tokens, 12 new" in err
+    assert out.endswith("\n") and len(out) > 1
+    assert tiny_generate("--no-progress", "--prompt-file", "-", stdin=io.StringIO(PROMPT))[1] == out
+
+
+def test_generate_takes_an_inline_prompt_and_a_prompt_file(tiny_generate, tmp_path):
+    code, out, err = tiny_generate("--no-progress", "--prompt", PROMPT)
+    assert code == 0, err
+    assert f"[{len(PROMPT)} prompt tokens" in err
+    (tmp_path / "p.txt").write_text(PROMPT, encoding="utf-8")
+    assert tiny_generate("--no-progress", "--prompt-file", str(tmp_path / "p.txt"))[1] == out
+    assert tiny_generate("--no-progress", stdin=io.StringIO(PROMPT))[1] == out
+
+
+def test_generate_wants_exactly_one_prompt_source(tiny_generate, tmp_path):
+    code, out, err = tiny_generate("--prompt", "a", "--prompt-file", str(tmp_path / "p.txt"))
+    assert code == 2 and err == "lococo: error: give the prompt once: --prompt-file or --prompt, not both\n"
+    code, out, err = tiny_generate()  # stdin is a terminal and nothing else is given
+    assert code == 2 and err.startswith("lococo: error: no prompt: give --prompt-file FILE, --prompt TEXT, or pipe")
+    code, out, err = tiny_generate(stdin=io.StringIO(""))
+    assert code == 2 and err == "lococo: error: stdin: the prompt is empty\n"
+
+
+def test_generate_chat_wraps_the_prompt_with_the_chat_template(tiny_generate):
+    code, out, err = tiny_generate("--chat", "--prompt", "hi")
+    assert code == 2 and "--chat: this model's tokenizer has no chat template" in err
+    tiny_generate.tokenizer.chat_template = CHAT_TEMPLATE
+    code, chat_out, err = tiny_generate("--no-progress", "--chat", "--prompt", PROMPT)
+    assert code == 0, err
+    templated = f"<user>{PROMPT}<assistant>"
+    assert f"[{len(templated)} prompt tokens" in err
+    assert tiny_generate("--no-progress", "--prompt", templated)[1] == chat_out
+
+
+def test_generate_streams_the_same_text_it_would_print(tiny_generate):
+    code, printed, _ = tiny_generate("--no-progress", "--no-stream", "--prompt", PROMPT)
+    assert code == 0
+    code, streamed, _ = tiny_generate("--no-progress", "--stream", "--prompt", PROMPT)
+    assert code == 0
+    assert streamed == printed and len(printed) > 1
+    assert tiny_generate("--no-progress", "--prompt", PROMPT)[1] == printed  # stdout not a terminal: no stream
+
+
+def test_generate_progress_bar_on_stderr_unless_no_progress(tiny_generate):
+    code, out, err = tiny_generate("--no-stream", "--prompt", PROMPT)
+    assert code == 0 and "prefill" in err and "prefill" not in out
+    code, out, err = tiny_generate("--no-stream", "--no-progress", "--prompt", PROMPT)
+    assert code == 0 and "prefill" not in err
+    assert len(err.strip().splitlines()) == 1  # only the summary line
+
+
+def test_generate_passes_sampling_settings_through(tiny_generate, monkeypatch):
+    import lococo.generation
+
+    seen = {}
+    real = lococo.generation.generate
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lococo.generation, "generate", spy)
+    code, out, err = tiny_generate("--no-progress", "--prompt", PROMPT)
+    assert code == 0, err
+    assert seen["do_sample"] is False and "top_p" not in seen and "repetition_penalty" not in seen
+    seen.clear()
+    code, out, err = tiny_generate("--no-progress", "--prompt", PROMPT, "--sample", "--temperature", "0.9",
+                                   "--top-p", "0.8", "--repetition-penalty", "1.3")
+    assert code == 0, err
+    assert (seen["do_sample"], seen["temperature"], seen["top_p"], seen["repetition_penalty"]) == (True, 0.9, 0.8, 1.3)
+    code, out, err = tiny_generate("--prompt", PROMPT, "--top-p", "0.8")
+    assert code == 2 and "--top-p applies to sampling: add --sample" in err
+    code, out, err = tiny_generate("--prompt", PROMPT, "--sample", "--top-p", "1.5")
+    assert code == 2 and "--top-p must be in (0, 1]" in err
