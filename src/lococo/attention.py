@@ -12,7 +12,15 @@ probability matrix; sdpa and flash do not. Instead of forking the modeling file,
    (the attention module receives the cache but does not forward it), and tells the layer which of the
    incoming tokens are padding.
 
-`enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both.
+`enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both. For a model with learned
+absolute positions (GPT-2, OPT) it also adds a pre-hook on the model that refuses, with a clear error, a forward
+through a compressing cache that would read past the position table (see :mod:`lococo.models_support`).
+
+Families differ, and the wrapper follows each one: ``eager`` means the eager attention of the module's own
+modeling file (GPT-2's, Gemma 2's soft-capped one, GPT-OSS's with sinks); the scores apply the logit
+soft-capping (``softcap``) and attention sinks (``s_aux``) the model passes, so they are the probabilities the
+model itself uses; the cache is found under the name the module's ``forward`` gives it (``past_key_values``,
+GPT-NeoX's ``layer_past``).
 
 Masks: the wrapper takes the mask each implementation receives from transformers' own mask functions:
 4-D boolean (sdpa) or additive float (eager) masks, and for flash attention ``None`` or a 2-D padding mask
@@ -24,6 +32,8 @@ refused with a clear error.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 
 import torch
@@ -33,7 +43,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
-from .cache import CompressedLayer
+from .cache import CompressedCache, CompressedLayer
 from .errors import IncompatibleModelError
 from .models_support import attention_layout
 
@@ -44,30 +54,46 @@ _STATE_ATTR = "_lococo_scoring"
 _QUERY_BLOCK = 128  # queries per block: bounds the probability matrix held at once
 
 
-def _base_function(name: str):
+def _eager_of(module: nn.Module):
+    """The eager attention of ``module``'s own modeling file (GPT-2's, Gemma 2's soft-capped one, GPT-OSS's with
+    sinks, ...), as the module itself would fall back to; Llama's when its file has none."""
+    return getattr(type(module).forward, "__globals__", {}).get("eager_attention_forward", eager_attention_forward)
+
+
+def _base_function(name: str, module: nn.Module):
     if name == "eager":
-        return eager_attention_forward
+        return _eager_of(module)
     return ALL_ATTENTION_FUNCTIONS[name]
 
 
-def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, visible: torch.Tensor):
+def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, visible: torch.Tensor,
+                        softcap: float | None = None, sinks: torch.Tensor | None = None):
     """Softmax probabilities ``[b, kv, g, block, L]`` for consecutive blocks of queries (GQA-native, fp32).
 
     The query heads of a KV group are stacked on the query axis, so each block is one plain batched
     matmul against the group's keys (never repeated). Every query sees at least itself (padding queries
-    are given their own slot), so no row is all -inf.
+    are given their own slot), so no row is all -inf. ``softcap`` caps the logits as Gemma 2 does
+    (``softcap * tanh(logits / softcap)``); ``sinks [H]`` (GPT-OSS's ``s_aux``) adds one logit per query head
+    to the softmax's denominator, so the probabilities over the keys sum to less than 1, as in that model.
     """
     b, n_heads, q_len, d = query.shape
     kv_heads = key.shape[1]
     groups = n_heads // kv_heads
     q = (query.float() * scaling).reshape(b, kv_heads, groups, q_len, d)
     k_t = key.float().transpose(-1, -2)  # [b, kv, d, L]
+    sink = None if sinks is None else sinks.detach().float().reshape(1, kv_heads, groups, 1, 1).to(query.device)
     for start in range(0, q_len, _QUERY_BLOCK):  # masks are applied per block: no [q, L] float tensor
         stop = min(start + _QUERY_BLOCK, q_len)
         block = q[:, :, :, start:stop].reshape(b, kv_heads, groups * (stop - start), d)
         logits = torch.matmul(block, k_t).view(b, kv_heads, groups, stop - start, -1)
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
         logits.masked_fill_(~visible[:, None, None, start:stop], float("-inf"))
-        yield start, stop, logits.softmax(dim=-1)
+        if sink is None:
+            yield start, stop, logits.softmax(dim=-1)
+        else:
+            norm = torch.logaddexp(torch.logsumexp(logits, dim=-1, keepdim=True), sink)
+            yield start, stop, (logits - norm).exp()
 
 
 def _accumulate(total: torch.Tensor, probs: torch.Tensor, query_valid: torch.Tensor | None, start: int, stop: int):
@@ -83,19 +109,22 @@ def column_scores(
     visible: torch.Tensor,
     query_valid: torch.Tensor | None,
     window: int = 0,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sum of softmax attention probabilities received by each key: ``[b, kv_heads, L]``.
 
     ``query [b, H, q, d]``, ``key [b, KV, L, d]``, ``visible [b, q, L]`` bool. Query heads sharing a KV
     head are summed (GQA). Padding queries contribute nothing. ``window > 0`` keeps only the last
-    ``window`` queries (SnapKV's observation window, TOVA's latest query).
+    ``window`` queries (SnapKV's observation window, TOVA's latest query). ``softcap`` and ``sinks``: as
+    the model's own attention (:func:`_probability_blocks`).
     """
     if window:
         query, visible = query[:, :, -window:], visible[:, -window:]
         query_valid = None if query_valid is None else query_valid[:, -window:]
     total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
     with torch.no_grad():
-        for start, stop, probs in _probability_blocks(query, key, scaling, visible):
+        for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks):
             _accumulate(total, probs, query_valid, start, stop)
     return total
 
@@ -107,6 +136,8 @@ def attention_with_scores(
     scaling: float,
     visible: torch.Tensor,
     query_valid: torch.Tensor | None,
+    softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output ``[b, q, H, d]`` (transformers' layout) and the column scores, from one pass.
 
@@ -118,7 +149,7 @@ def attention_with_scores(
     v = value.float()  # [b, kv, L, dv]
     total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
     outs = []
-    for start, stop, probs in _probability_blocks(query, key, scaling, visible):
+    for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks):
         _accumulate(total, probs, query_valid, start, stop)
         b_, kv, g, block, length = probs.shape
         outs.append(torch.matmul(probs.view(b_, kv, g * block, length), v).view(b_, kv, g, block, -1))
@@ -195,14 +226,28 @@ def _is_flash(name: str) -> bool:
     return "flash" in name
 
 
+_FUSABLE = frozenset({"dropout", "scaling", "softcap", "s_aux", "sliding_window", "position_ids", "cache_position",
+                      "use_cache", "output_attentions", "is_causal"})
+"""Keyword arguments the fused path (probabilities computed once for the output and the scores) reproduces or
+that do not change a global layer's attention; any other argument that is not None or False sends the output to
+the model's own attention implementation (the scores are then computed beside it)."""
+
+
+def _fusable(kwargs: dict) -> bool:
+    if kwargs.get("dropout") or kwargs.get("sliding_window") is not None:
+        return False
+    return all(v is None or v is False or k in _FUSABLE for k, v in kwargs.items())
+
+
 def make_attention_function(base_name: str):
     """The ``lococo_<base_name>`` attention function: the base implementation plus on-demand scores."""
     flash = _is_flash(base_name)
 
     def call_base(module, query, key, value, mask, **kwargs):
+        function = _base_function(base_name, module)  # looked up per call
         if flash:
             module = _ModuleView(module, base_name)
-        return _base_function(base_name)(module, query, key, value, mask, **kwargs)  # looked up per call
+        return function(module, query, key, value, mask, **kwargs)
 
     def lococo_attention(module, query, key, value, attention_mask, lococo_layer=None, **kwargs):
         if lococo_layer is None:
@@ -217,7 +262,7 @@ def make_attention_function(base_name: str):
                                                                                          query.dtype)
         window = lococo_layer.score_request()
         dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
-        fused = window is not None and (window == 0 or window >= q_len) and not dropout
+        fused = window is not None and (window == 0 or window >= q_len) and not dropout and _fusable(kwargs)
         if not fused:
             out, weights = call_base(module, query, key, value, attention_mask, **kwargs)
         if window is None:
@@ -227,13 +272,16 @@ def make_attention_function(base_name: str):
         query_valid = None
         if lococo_layer.valid is not None:
             query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
-        scaling = kwargs.get("scaling") or module.head_dim**-0.5
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
         with torch.profiler.record_function("lococo.scores"):
             if fused:
-                out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid)
+                out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid, softcap, sinks)
                 weights = None
             else:
-                scores = column_scores(query, key, scaling, visible, query_valid, window)
+                scores = column_scores(query, key, scaling, visible, query_valid, window, softcap, sinks)
         lococo_layer.record_scores(scores)
         return out, weights
 
@@ -287,8 +335,18 @@ def _incoming(cache, mask, q_len: int) -> tuple[torch.Tensor, list[int]] | None:
     return result
 
 
-def _pre_hook(module: nn.Module, args, kwargs):
-    cache = kwargs.get("past_key_values")
+def _argument(args, kwargs, name: str, index: int | None):
+    """An argument of an attention module's forward, by keyword or at its position (``index``, self excluded)."""
+    if name in kwargs:
+        return kwargs[name]
+    if index is not None and index < len(args):
+        return args[index]
+    return None
+
+
+def _pre_hook(module: nn.Module, args, kwargs, *, cache_arg: str = "past_key_values", cache_index=None,
+              mask_index=None):
+    cache = _argument(args, kwargs, cache_arg, cache_index)
     layers = getattr(cache, "layers", None)
     if not layers or module.layer_idx >= len(layers):
         return None
@@ -296,9 +354,39 @@ def _pre_hook(module: nn.Module, args, kwargs):
     if not isinstance(layer, CompressedLayer):
         return None
     hidden = kwargs.get("hidden_states", args[0] if args else None)
-    layer.incoming_valid = _incoming(cache, kwargs.get("attention_mask"), hidden.shape[1])
+    layer.incoming_valid = _incoming(cache, _argument(args, kwargs, "attention_mask", mask_index), hidden.shape[1])
     kwargs["lococo_layer"] = layer
     return args, kwargs
+
+
+def _attention_hook(module: nn.Module, cache_arg: str):
+    """The pre-hook of one attention module: it reads the cache from ``cache_arg`` (``past_key_values``,
+    GPT-NeoX's ``layer_past``, ...), by keyword or position."""
+    names = [n for n in inspect.signature(module.forward).parameters]
+    index = {n: i for i, n in enumerate(names)}
+    return functools.partial(_pre_hook, cache_arg=cache_arg, cache_index=index.get(cache_arg),
+                             mask_index=index.get("attention_mask"))
+
+
+def _position_guard(limit: int, model_type: str, module: nn.Module, args, kwargs):
+    """Refuse a forward through a compressing cache that would reach past a learned position table."""
+    cache = kwargs.get("past_key_values")
+    if not isinstance(cache, CompressedCache):
+        return None
+    tokens = kwargs.get("input_ids", args[0] if args else None)
+    if tokens is None:
+        tokens = kwargs.get("inputs_embeds")
+    if tokens is None:
+        return None
+    reach = cache.get_seq_length() + tokens.shape[1]
+    if reach > limit:
+        raise IncompatibleModelError(
+            f"this {model_type} model has learned absolute position embeddings for {limit} positions (its config's "
+            f"max_position_embeddings) and this forward would read token {reach}: lococo's cache holds any "
+            f"length, but the model cannot embed positions past its table. Read at most {limit} tokens with it "
+            "(re-indexing positions so that such models read further is issue #14)"
+        )
+    return None
 
 
 def enable_scoring(model: nn.Module) -> None:
@@ -317,7 +405,14 @@ def enable_scoring(model: nn.Module) -> None:
         raise IncompatibleModelError(f"unknown attention implementation {current!r}; supported: {SUPPORTED}")
     name = _register(current)
     model.set_attn_implementation(name)
-    handles = [m.register_forward_pre_hook(_pre_hook, with_kwargs=True) for m in layout.attention_modules]
+    cache_args = layout.cache_arguments or ("past_key_values",) * len(layout.attention_modules)
+    handles = [
+        m.register_forward_pre_hook(_attention_hook(m, arg), with_kwargs=True)
+        for m, arg in zip(layout.attention_modules, cache_args, strict=True)
+    ]
+    if layout.max_positions:  # learned absolute positions: a clear error past the table, not an index error
+        guard = functools.partial(_position_guard, layout.max_positions, layout.model_type)
+        handles.append(model.register_forward_pre_hook(guard, with_kwargs=True))
     object.__setattr__(model, _STATE_ATTR, (current, handles))
 
 

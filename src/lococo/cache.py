@@ -210,17 +210,18 @@ class CompressedCache(Cache):
     """A cache whose global attention layers hold at most ``mem_size + buffer`` slots between forwards.
 
     Build it with :func:`lococo.make_cache` (which also enables score collection on the model), or
-    directly from a policy. Sliding-window layers keep transformers' own window layer.
+    directly from a policy. Sliding-window (and chunked) layers keep transformers' own window layer, with the
+    window transformers' ``DynamicCache(config=...)`` would give them.
     """
 
     def __init__(self, model: nn.Module, policy: Policy) -> None:
         layout = attention_layout(model)
         layers: list[CacheLayerMixin] = []
-        window = getattr(model.config, "sliding_window", None)
         for i, kind in enumerate(layout.layer_types):
+            window = layout.windows[i] if layout.windows else None
             if kind == "full_attention":
                 layers.append(CompressedLayer(policy.for_layer(i)))
-            elif kind == "sliding_attention" and window:
+            elif window:  # sliding-window or chunked layers: transformers' own window layer, as DynamicCache
                 layers.append(DynamicSlidingWindowLayer(sliding_window=window))
             else:
                 layers.append(DynamicLayer())
