@@ -53,6 +53,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lambda0.9": ("lambda init", {"lambda_init": 0.9}),
     "accumulated": ("score mode", {"score_mode": "accumulated"}),
     "buffer64": ("buffer", {"buffer": 64}),
+    # ReLU before the softmax leaves dead channels as uniform averages of every evicted token
+    # (reports/mixing/shipped_m128.txt: 11.9% of the shipped heads' fused slots)
+    "identity": ("activation", {"activation": "identity"}),
 }
 # Untrained references, read with the same protocol.
 REFERENCES: dict[str, tuple[str, dict]] = {
