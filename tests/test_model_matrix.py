@@ -1,12 +1,16 @@
 """The model matrix: tiny random models of every supported family, built from transformers' own config classes.
 
-For each family: (a) tokens within the budget give exactly the plain model's logits (TOVA and fresh LoCoCo
-heads); (b) the budget holds through chunked prefill, ``lococo.generate`` and a plain ``model.generate`` and
-every compressed layer receives its scores (so the attention really calls ``cache.update`` and dispatches
-through transformers' AttentionInterface); (c) sliding-window layers keep transformers' own window;
+For each family that runs every policy: (a) tokens within the budget give exactly the plain model's logits (TOVA
+and fresh LoCoCo heads); (b) the budget holds through chunked prefill, ``lococo.generate`` and a plain
+``model.generate`` and every compressed layer receives its scores (so the attention really calls ``cache.update``
+and dispatches through transformers' AttentionInterface); (c) sliding-window layers keep transformers' own window;
 (d) heads saved on one family are refused on another. Left-padded batches are checked on two families
-(tests/test_attention.py covers them in depth on Llama). Families lococo cannot drive are refused with a
-message naming the reason. README "Supported models" is this table.
+(tests/test_attention.py covers them in depth on Llama).
+
+Families lococo runs with some policies only (``PARTIAL``: ALiBi, attention outside the AttentionInterface,
+multi-head latent attention, hybrids, every layer sliding): each policy that works passes (a) and (b) without the
+scores, and every other policy is refused with a message naming the reason and the policies that work. README
+"Supported models" is these two tables.
 """
 
 from __future__ import annotations
@@ -241,70 +245,220 @@ def test_learned_positions_are_refused_past_their_table(family):
         lococo.generate(model, _ids(60), segment_size=SEG, max_new_tokens=10, do_sample=False)
 
 
-def _refused(config_name: str, model_name: str, attn: str = "eager", **kwargs):
-    if not hasattr(transformers, config_name) or not hasattr(transformers, model_name):
-        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
-    config = getattr(transformers, config_name)(**kwargs)
-    return build_model(config, attn_implementation=attn, cls=getattr(transformers, model_name))
+# --------------------------------------------------------------------------------------------------
+# Families lococo runs with some policies only: each allowed (family, policy) pair is checked as above, every other
+# policy is refused with the reason and the list of the policies that do work.
 
+NO_SCORES = ("full", "meanpool", "random", "streaming", "window")  # the full policy and those that need no scores
+ALIBI_MASK = "ALiBi position biases, which transformers builds from the 2-D attention mask"
+NOT_INTERFACE = "does not dispatch through transformers' AttentionInterface"
 
-REFUSED = {
-    # ALiBi: biases built from the mask's key positions
-    "bloom": (("BloomConfig", "BloomForCausalLM"), dict(vocab_size=128, hidden_size=64, n_layer=2, n_head=4),
-              "ALiBi position biases"),
-    # multi-head latent attention: values narrower than keys
+# family: ((config class, model class), config, attention implementation, positions, policies that work,
+#          the reason the others are refused)
+PARTIAL = {
+    # ALiBi built from the 2-D mask (one column per token seen): nothing compressed
+    "bloom": (("BloomConfig", "BloomForCausalLM"), dict(vocab_size=128, hidden_size=64, n_layer=2, n_head=4), "eager",
+              "alibi", ("full",), ALIBI_MASK),
+    "falcon_alibi": (("FalconConfig", "FalconForCausalLM"),
+                     dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True),
+                     "eager", "alibi", ("full",), ALIBI_MASK),
+    # ALiBi counted back from the newest key slot: exact for a window of the most recent tokens (use_cache is False
+    # in MptConfig's defaults, so generate would re-read everything)
+    "mpt": (("MptConfig", "MptForCausalLM"), dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, max_seq_len=256,
+                                                 use_cache=True),
+            "eager", "alibi", ("full", "window"), "ALiBi position biases counted back from the newest key slot"),
+    # attention written without transformers' AttentionInterface: no scores
+    "falcon": (("FalconConfig", "FalconForCausalLM"),
+               dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=False), "sdpa",
+               "rotary", NO_SCORES, NOT_INTERFACE),
+    # rotary from a precomputed table of n_positions: guarded past it, as learned absolute positions
+    "gptj": (("GPTJConfig", "GPTJForCausalLM"), dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
+                                                     n_positions=256, bos_token_id=1, eos_token_id=2),
+             "eager", "partial rotary", NO_SCORES, NOT_INTERFACE),
+    # multi-head latent attention: the cache holds the latents (keys of width kv_lora_rank, values the rotated part)
     "deepseek_v3": (("DeepseekV3Config", "DeepseekV3ForCausalLM"),
-                    dict(TINY, kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=16, qk_rope_head_dim=8,
-                         v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                         first_k_dense_replace=2, n_group=1, topk_group=1),
-                    "multi-head latent attention"),
-    # hybrid state-space + attention
+                    dict(TINY, num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_nope_head_dim=16,
+                         qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
+                         moe_intermediate_size=32, first_k_dense_replace=2, n_group=1, topk_group=1),
+                    "sdpa", "rotary", NO_SCORES, "multi-head latent attention"),
+    # hybrid state-space + attention: layer 0 Mamba (transformers' own state layer), layer 1 attention (compressed)
     "jamba": (("JambaConfig", "JambaForCausalLM"),
-              dict(TINY, num_experts=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4,
-                   mamba_dt_rank=4, use_mamba_kernels=False),
-              "recurrent, state-space and linear-attention layers"),
+              dict(TINY, num_experts=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=4, mamba_dt_rank=4),
+              "sdpa", "none", NO_SCORES, "hybrid model: layers of kind 'linear_attention' \\(layers \\[0\\]\\)"),
     # hybrid linear attention (Gated DeltaNet) + attention
     "qwen3_next": (("Qwen3NextConfig", "Qwen3NextForCausalLM"),
                    dict(TINY, head_dim=16, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
                         shared_expert_intermediate_size=32, layer_types=["linear_attention", "full_attention"]),
-                   "'linear_attention' \\(layers \\[0\\]\\)"),
-    # attention written without transformers' AttentionInterface
-    "falcon": (("FalconConfig", "FalconForCausalLM"),
-               dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=False),
-               "does not dispatch through transformers' AttentionInterface"),
-    "gptj": (("GPTJConfig", "GPTJForCausalLM"), dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, rotary_dim=8,
-                                                     n_positions=256, bos_token_id=1, eos_token_id=2),
-             "does not dispatch through transformers' AttentionInterface"),
-    "falcon_alibi": (("FalconConfig", "FalconForCausalLM"),
-                     dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True),
-                     "ALiBi position biases"),
-    "mpt": (("MptConfig", "MptForCausalLM"), dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, max_seq_len=256),
-            "ALiBi position biases"),
+                   "sdpa", "partial rotary", NO_SCORES, "hybrid model: layers of kind 'linear_attention'"),
     # every layer slides: nothing global to compress (sliding_window=None makes it a full-attention model)
-    "mistral_all_sliding": (("MistralConfig", "MistralForCausalLM"), dict(TINY, sliding_window=64),
-                            "every layer uses sliding-window attention.*sliding_window=None"),
+    "mistral_all_sliding": (("MistralConfig", "MistralForCausalLM"), dict(TINY, sliding_window=64), "sdpa", "rotary",
+                            ("full",), "every attention layer uses sliding-window attention.*sliding_window=None"),
 }
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_unsupported_models_are_refused_with_the_reason(name):
-    (config_name, model_name), kwargs, reason = REFUSED[name]
-    model = _refused(config_name, model_name, **kwargs)
-    for call in (lambda: lococo.attach(model), lambda: lococo.make_cache(model, "tova", mem_size=MEM)):
-        with pytest.raises(IncompatibleModelError, match=reason):
+def partial_model(name: str, **overrides):
+    (config_name, model_name), kwargs, attn = PARTIAL[name][:3]
+    if not hasattr(transformers, config_name) or not hasattr(transformers, model_name):
+        pytest.skip(f"transformers {transformers.__version__} has no {model_name}")
+    config = getattr(transformers, config_name)(**{**kwargs, **overrides})
+    return build_model(config, attn_implementation=attn, cls=getattr(transformers, model_name))
+
+
+def _policy(name: str, mem_size: int = MEM, buffer: int = 4):
+    return lococo.make_policy(name, **({} if name == "full" else dict(mem_size=mem_size, buffer=buffer)))
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL))
+def test_partial_families_run_the_policies_they_can_and_refuse_the_rest_with_the_reason(name):
+    model = partial_model(name)
+    *_, positions, works, reason = PARTIAL[name]
+    layout = attention_layout(model, needs="cache")
+    assert layout.positions == positions
+    listed = f"The policies that work on this model: {', '.join(works)}$"
+    for policy in lococo.policy_names():
+        if policy in works:
+            assert isinstance(lococo.make_cache(model, policy), lococo.CompressedCache)
+            continue
+        call = (lambda: lococo.attach(model)) if policy == "lococo" else (lambda p=policy: lococo.make_cache(model, p))
+        with pytest.raises(IncompatibleModelError, match=f"{reason}.*{listed}"):
             call()
 
 
-def test_the_readme_table_is_this_matrix():
-    """README "Supported models": one row per family tested here, supported or refused."""
+@pytest.mark.parametrize("name", sorted(PARTIAL))
+def test_partial_families_within_the_budget_give_the_plain_model_logits(name):
+    model = partial_model(name)
+    ids = _ids(24)
+    with torch.no_grad():
+        ref = model(ids).logits
+        for policy in PARTIAL[name][4]:
+            out = model(ids, past_key_values=lococo.make_cache(model, _policy(policy, mem_size=32)), use_cache=True)
+            assert torch.equal(out.logits, ref), f"{name} {policy}: {(out.logits - ref).abs().max()}"
+    chunked = lococo.prefill(model, ids, segment_size=SEG, policy=_policy(PARTIAL[name][4][-1], mem_size=32))
+    assert torch.allclose(chunked.logits, ref[:, -1], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(PARTIAL))
+def test_partial_families_keep_the_budget_through_prefill_and_generate(name):
+    model = partial_model(name)
+    works = PARTIAL[name][4]
+    ids = _ids(100)
+    compressing = [p for p in works if p != "full"]
+    for policy in compressing:
+        cache = lococo.prefill(model, ids, segment_size=SEG, policy=_policy(policy)).cache
+        assert cache.compressed_layers and all(layer.compressions > 5 for layer in cache.compressed_layers), policy
+        assert all(layer.stored <= MEM + 4 + SEG for layer in cache.compressed_layers), policy
+    policy = compressing[0] if compressing else "full"
+    out = lococo.generate(model, ids, policy=_policy(policy), segment_size=SEG, max_new_tokens=6, min_new_tokens=6,
+                          do_sample=False)
+    assert out.shape == (1, 106)
+    cache = lococo.make_cache(model, _policy(policy))
+    out = model.generate(ids, past_key_values=cache, prefill_chunk_size=SEG, max_new_tokens=6, min_new_tokens=6,
+                         do_sample=False, use_cache=True)
+    assert out.shape == (1, 106) and cache.get_seq_length() == 105
+    bound = 105 if policy == "full" else MEM + 4 + 1
+    assert all(0 < layer.stored <= bound for layer in cache.compressed_layers)
+    own = DynamicCache(config=model.config)  # every other layer: the layer transformers itself gives it
+    assert [type(layer) for layer in cache.layers if not isinstance(layer, CompressedLayer)] == \
+        [type(layer) for i, layer in enumerate(own.layers) if i not in attention_layout(model, "cache").compressed_layers]
+
+
+def test_mpt_window_is_exactly_a_sliding_window():
+    """MPT's ALiBi biases count back from the newest key slot: with the most recent M tokens kept in order, each query
+    sees the plain model's attention restricted to itself and the M tokens before it."""
+    model = partial_model("mpt")
+    ids = _ids(60)
+    rows, cols = torch.arange(60)[:, None], torch.arange(60)[None]
+    mask = torch.where((cols <= rows) & (cols >= rows - 12), 0.0, torch.finfo(torch.float32).min)[None, None]
+    cache = lococo.make_cache(model, "window", mem_size=12, buffer=0)
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+        out = torch.cat([model(ids[:, t : t + 1], past_key_values=cache, use_cache=True).logits for t in range(60)], 1)
+    assert torch.allclose(out, ref, atol=1e-5) and not torch.allclose(out, model(ids).logits, atol=1e-2)
+    assert [layer.stored for layer in cache.compressed_layers] == [13, 13]
+
+
+def _left_padded():
+    long, short = _ids(60, seed=1), _ids(40, seed=2)
+    ids = torch.cat([long, torch.cat([torch.zeros(1, 20, dtype=torch.long), short], dim=1)])
+    mask = torch.ones_like(ids)
+    mask[1, :20] = 0
+    return ids, mask, (long, short)
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "jamba", "falcon"])
+def test_left_padded_batches_on_partial_families(name):
+    """Where lococo's attention function masks the padding slots (DeepSeek-V3, Jamba), a left-padded batch equals
+    each row alone; where the attention bypasses it (Falcon), only the full policy takes one."""
+    model = partial_model(name)
+    ids, mask, rows = _left_padded()
+    for policy in ("full", "meanpool"):
+        if name == "falcon" and policy != "full":
+            with pytest.raises(IncompatibleModelError, match="left-padded batch through the meanpool policy"):
+                lococo.prefill(model, ids, mask, segment_size=SEG, policy=_policy(policy))
+            continue
+        batch = lococo.prefill(model, ids, mask, segment_size=SEG, policy=_policy(policy)).logits
+        for row, alone in enumerate(rows):
+            single = lococo.prefill(model, alone, segment_size=SEG, policy=_policy(policy)).logits
+            assert torch.allclose(batch[row], single[0], atol=1e-5, rtol=1e-4), f"{policy} row {row}"
+
+
+def test_gptj_rotary_table_is_guarded_past_its_size():
+    model = partial_model("gptj", n_positions=64)
+    assert attention_layout(model, "cache").max_positions == 64
+    lococo.prefill(model, _ids(64), segment_size=SEG, policy=_policy("window"))  # the whole table: fine
+    with pytest.raises(IncompatibleModelError, match="a rotary table for 64 positions"):
+        lococo.prefill(model, _ids(80), segment_size=SEG, policy=_policy("window"))
+
+
+def test_streaming_reindexing_is_refused_where_stored_keys_are_not_fully_rotated():
+    """Re-indexing re-rotates the stored keys: wrong for DeepSeek-V3 (its rotated part is cached as the "values"
+    latent), for partial rotary keys and for NoPE layers (Llama 4's global layers)."""
+    model = partial_model("deepseek_v3")
+    lococo.make_cache(model, "streaming", mem_size=MEM)
+    with pytest.raises(IncompatibleModelError, match="reindex_positions re-rotates.*latent"):
+        lococo.make_cache(model, "streaming", mem_size=MEM, reindex_positions=True)
+    for family, why in (("stablelm", "partial rotary"), ("llama4_text", "NoPE layers \\[1\\]")):
+        with pytest.raises(IncompatibleModelError, match=f"reindex_positions re-rotates.*{why}"):
+            lococo.make_cache(make_model(family), "streaming", mem_size=MEM, reindex_positions=True)
+    lococo.make_cache(make_model("llama"), "streaming", mem_size=MEM, reindex_positions=True)
+
+
+def test_hybrid_caches_count_the_state_layers():
+    model = partial_model("jamba")
+    cache = lococo.prefill(model, _ids(40), segment_size=SEG, policy=_policy("window")).cache
+    state = cache.layers[0]
+    assert type(state) is type(DynamicCache(config=model.config).layers[0]) and not isinstance(state, CompressedLayer)
+    states = [t for t in (*state.conv_states.values(), *state.recurrent_states.values()) if t is not None]
+    attention = cache.layers[1].keys.numel() * 4 + cache.layers[1].values.numel() * 4
+    assert states and cache.cache_bytes() == attention + sum(t.numel() * t.element_size() for t in states)
+
+
+def test_the_readme_tables_are_this_matrix():
+    """README "Supported models": one row per family tested here, with the policies that work on it."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Supported models", 1)[1].split("\n## ", 1)[0]
-    supported, refused = section.split("Refused, with the reason", 1)
+    every, some = section.split("Some policies only", 1)
 
-    def model_types(text: str) -> set[str]:
-        rows = [line.split("|")[1] for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-        return {name for row in rows for name in re.findall(r"\(`([a-z0-9_]+)`", row)} - {"model_type"}  # header
+    def rows(text: str) -> list[list[str]]:
+        return [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
 
-    assert model_types(supported) == set(FAMILIES)
-    refused_types = {getattr(transformers, names[0]).model_type for names, _, _ in REFUSED.values()}
-    assert model_types(refused) == refused_types
+    def model_types(cell: str) -> set[str]:
+        return set(re.findall(r"\(`([a-z0-9_]+)`", cell))
+
+    assert {name for row in rows(every) for name in model_types(row[0])} == set(FAMILIES)
+    table = [(model_types(row[0]), set(re.findall(r"`([a-z0-9-]+)`", row[1]))) for row in rows(some)]
+    for name, (classes, *_, works, _) in PARTIAL.items():
+        model_type = getattr(transformers, classes[0]).model_type
+        assert any(model_type in types and set(works) == listed for types, listed in table), name
+    assert {name for types, _ in table for name in types} == {getattr(transformers, c[0]).model_type
+                                                               for c, *_ in PARTIAL.values()}
+
+
+def test_eval_grids_check_every_policy_before_the_first_cell(capsys):
+    from lococo.evaluation.cli import _runnable
+
+    model = partial_model("bloom")  # ALiBi: only the full cache
+    assert _runnable(["full", "window", "tova"], model, explicit=False) == ["full"]
+    assert "skipping window" in capsys.readouterr().err
+    with pytest.raises(IncompatibleModelError, match="tova"):
+        _runnable(["full", "tova"], model, explicit=True)

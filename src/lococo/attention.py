@@ -12,9 +12,12 @@ probability matrix; sdpa and flash do not. Instead of forking the modeling file,
    (the attention module receives the cache but does not forward it), and tells the layer which of the
    incoming tokens are padding.
 
-`enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both. For a model with learned
-absolute positions (GPT-2, OPT) it also adds a pre-hook on the model that refuses, with a clear error, a forward
-through a compressing cache that would read past the position table (see :mod:`lococo.models_support`).
+`enable_scoring(model)` does both (idempotent); `disable_scoring(model)` undoes both. For a model with a position
+table (GPT-2's and OPT's learned absolute positions, GPT-J's rotary table) it also adds a pre-hook on the model
+that refuses, with a clear error, a forward through a compressing cache that would read past the table (see
+:mod:`lococo.models_support`). A model whose attention does not dispatch through the ``AttentionInterface``
+(Falcon, GPT-J, BLOOM, MPT) keeps its own attention: no wrapper, no scores, and a pre-hook that refuses a
+left-padded batch through a compressing cache, since the wrapper is what masks the padding slots it moves.
 
 Families differ, and the wrapper follows each one: ``eager`` means the eager attention of the module's own
 modeling file (GPT-2's, Gemma 2's soft-capped one, GPT-OSS's with sinks); the scores apply the logit
@@ -368,8 +371,8 @@ def _attention_hook(module: nn.Module, cache_arg: str):
                              mask_index=index.get("attention_mask"))
 
 
-def _position_guard(limit: int, model_type: str, module: nn.Module, args, kwargs):
-    """Refuse a forward through a compressing cache that would reach past a learned position table."""
+def _position_guard(limit: int, model_type: str, table: str, module: nn.Module, args, kwargs):
+    """Refuse a forward through a compressing cache that would reach past a position table."""
     cache = kwargs.get("past_key_values")
     if not isinstance(cache, CompressedCache):
         return None
@@ -381,37 +384,66 @@ def _position_guard(limit: int, model_type: str, module: nn.Module, args, kwargs
     reach = cache.get_seq_length() + tokens.shape[1]
     if reach > limit:
         raise IncompatibleModelError(
-            f"this {model_type} model has learned absolute position embeddings for {limit} positions (its config's "
-            f"max_position_embeddings) and this forward would read token {reach}: lococo's cache holds any "
-            f"length, but the model cannot embed positions past its table. Read at most {limit} tokens with it "
-            "(re-indexing positions so that such models read further is issue #14)"
+            f"this {model_type} model has {table} for {limit} positions (its config's max_position_embeddings) "
+            f"and this forward would read token {reach}: lococo's cache holds any length, but the model cannot "
+            f"embed positions past its table. Read at most {limit} tokens with it (re-indexing positions so that "
+            "such models read further is issue #14)"
+        )
+    return None
+
+
+def _padding_guard(model_type: str, module: nn.Module, args, kwargs):
+    """Refuse a left-padded batch through a compressing cache on a model whose attention lococo does not wrap."""
+    cache = kwargs.get("past_key_values")
+    if not isinstance(cache, CompressedCache) or not cache.policy.compresses:
+        return None
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+        raise IncompatibleModelError(
+            f"this {model_type} model's attention does not dispatch through transformers' AttentionInterface, and "
+            "lococo's attention function is what masks the padding slots a compressed cache moves: a left-padded "
+            f"batch through the {cache.policy.name} policy would attend to the wrong slots. Read the rows one at a "
+            "time (no padding), or use the full policy"
         )
     return None
 
 
 def enable_scoring(model: nn.Module) -> None:
-    """Switch ``model`` to the ``lococo_<impl>`` attention function and install the pre-hooks (idempotent)."""
+    """Switch ``model`` to the ``lococo_<impl>`` attention function and install the pre-hooks (idempotent).
+
+    A model whose attention does not dispatch through transformers' ``AttentionInterface`` (Falcon, GPT-J) keeps
+    its attention implementation and gets no attention hooks: only the policies that need no scores run on it,
+    and a pre-hook refuses left-padded batches through a compressing cache (see :mod:`lococo.models_support`).
+    """
     if getattr(model, _STATE_ATTR, None) is not None:
         return
-    layout = attention_layout(model)
-    current = model.config._attn_implementation
-    current = _BASES.get(current, current)
-    if current is None or "flex" in current:
-        raise IncompatibleModelError(
-            f"lococo's compressing cache does not support attn_implementation={current!r} yet; supported: "
-            f"{SUPPORTED}. Load the model with attn_implementation='sdpa' (or one of those)."
-        )
-    if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
-        raise IncompatibleModelError(f"unknown attention implementation {current!r}; supported: {SUPPORTED}")
-    name = _register(current)
-    model.set_attn_implementation(name)
-    cache_args = layout.cache_arguments or ("past_key_values",) * len(layout.attention_modules)
-    handles = [
-        m.register_forward_pre_hook(_attention_hook(m, arg), with_kwargs=True)
-        for m, arg in zip(layout.attention_modules, cache_args, strict=True)
-    ]
-    if layout.max_positions:  # learned absolute positions: a clear error past the table, not an index error
-        guard = functools.partial(_position_guard, layout.max_positions, layout.model_type)
+    layout = attention_layout(model, needs="cache")
+    handles = []
+    current = None
+    if layout.interface:
+        current = model.config._attn_implementation
+        current = _BASES.get(current, current)
+        if current is None or "flex" in current:
+            raise IncompatibleModelError(
+                f"lococo's compressing cache does not support attn_implementation={current!r} yet; supported: "
+                f"{SUPPORTED}. Load the model with attn_implementation='sdpa' (or one of those)."
+            )
+        if current != "eager" and current not in ALL_ATTENTION_FUNCTIONS:
+            raise IncompatibleModelError(f"unknown attention implementation {current!r}; supported: {SUPPORTED}")
+        name = _register(current)
+        model.set_attn_implementation(name)
+        handles += [
+            m.register_forward_pre_hook(_attention_hook(m, arg), with_kwargs=True)
+            for m, arg in zip(layout.attention_modules, layout.cache_arguments, strict=True)
+            if m is not None
+        ]
+    else:
+        guard = functools.partial(_padding_guard, layout.model_type)
+        handles.append(model.register_forward_pre_hook(guard, with_kwargs=True))
+    if layout.max_positions:  # a position table: a clear error past it, not an index error
+        table = ("learned absolute position embeddings" if layout.positions == "learned absolute"
+                 else "a rotary table")
+        guard = functools.partial(_position_guard, layout.max_positions, layout.model_type, table)
         handles.append(model.register_forward_pre_hook(guard, with_kwargs=True))
     object.__setattr__(model, _STATE_ATTR, (current, handles))
 
@@ -424,5 +456,6 @@ def disable_scoring(model: nn.Module) -> None:
     original, handles = state
     for handle in handles:
         handle.remove()
-    model.set_attn_implementation(original)
+    if original is not None:
+        model.set_attn_implementation(original)
     object.__delattr__(model, _STATE_ATTR)

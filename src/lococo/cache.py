@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
-from .models_support import attention_layout
+from .models_support import layout_for_policy
 from .policies.base import Policy
 
 
@@ -206,25 +206,34 @@ class CompressedLayer(CacheLayerMixin):
             self.valid = self.row_valid = None
 
 
+def _transformers_layer(kind: str, kwargs: dict, window: int | None):
+    """The layer transformers' ``DynamicCache(config=...)`` builds for a layer of ``kind``."""
+    try:
+        from transformers.cache_utils import DYNAMIC_LAYER_TYPE_MAPPING
+    except ImportError:  # older transformers 5.x: sliding-window and chunked layers, or plain layers
+        return DynamicSlidingWindowLayer(sliding_window=window) if window else DynamicLayer()
+    return DYNAMIC_LAYER_TYPE_MAPPING[kind](**kwargs)
+
+
 class CompressedCache(Cache):
     """A cache whose global attention layers hold at most ``mem_size + buffer`` slots between forwards.
 
     Build it with :func:`lococo.make_cache` (which also enables score collection on the model), or
-    directly from a policy. Sliding-window (and chunked) layers keep transformers' own window layer, with the
-    window transformers' ``DynamicCache(config=...)`` would give them.
+    directly from a policy; a model the policy cannot run on is refused with the reason
+    (:func:`lococo.models_support.layout_for_policy`). Every layer that is not a full-attention layer keeps the
+    layer transformers' ``DynamicCache(config=...)`` would give it: sliding-window and chunked layers their
+    window, the recurrent / convolution layers of hybrid models their state.
     """
 
     def __init__(self, model: nn.Module, policy: Policy) -> None:
-        layout = attention_layout(model)
-        layers: list[CacheLayerMixin] = []
+        layout = layout_for_policy(model, policy)
+        layers = []
         for i, kind in enumerate(layout.layer_types):
-            window = layout.windows[i] if layout.windows else None
             if kind == "full_attention":
                 layers.append(CompressedLayer(policy.for_layer(i)))
-            elif window:  # sliding-window or chunked layers: transformers' own window layer, as DynamicCache
-                layers.append(DynamicSlidingWindowLayer(sliding_window=window))
             else:
-                layers.append(DynamicLayer())
+                kwargs = layout.layer_kwargs[i] if layout.layer_kwargs else {}
+                layers.append(_transformers_layer(kind, kwargs, layout.windows[i] if layout.windows else None))
         super().__init__(layers=layers)
         self.policy = policy
         self.incoming_memo = None  # (mask, q_len, validity) of the latest forward: see attention._incoming
@@ -238,12 +247,14 @@ class CompressedCache(Cache):
         return max((layer.stored for layer in self.compressed_layers), default=0)
 
     def cache_bytes(self) -> int:
-        """Bytes held by the keys and values of every layer (measured from the tensors)."""
+        """Bytes held by the keys and values of every layer, and by the recurrent / convolution states of a
+        hybrid model's other layers (measured from the tensors)."""
         total = 0
         for layer in self.layers:
-            for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
-                if isinstance(t, torch.Tensor):
-                    total += t.numel() * t.element_size()
+            tensors = [getattr(layer, "keys", None), getattr(layer, "values", None)]
+            for name in ("conv_states", "recurrent_states"):
+                tensors += list((getattr(layer, name, None) or {}).values())
+            total += sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
         return total
 
     def detach_(self) -> None:

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .attention import enable_scoring
 from .cache import CompressedCache
 from .errors import ConfigError
+from .models_support import layout_for_policy
 from .policies import Policy, make_policy
 
 DEFAULT_SEGMENT_SIZE = 512
@@ -36,7 +37,11 @@ def make_cache(
     """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
 
     Also switches the model to LoCoCo's score-collecting attention function (idempotent; the outputs of
-    the attention itself do not change). ``policy="lococo"`` uses the heads attached to the model.
+    the attention itself do not change). ``policy="lococo"`` uses the heads attached to the model. A model the
+    policy cannot run on is refused with the reason and the policies that work on it
+    (:func:`lococo.models_support.layout_for_policy`): ``full`` runs on any model built on transformers'
+    ``DynamicCache`` layers, the policies that need no scores on most, score-based ones where LoCoCo's
+    attention function sees the scores.
 
     So that a plain ``model.generate(long_prompt, past_key_values=cache)`` reads the prompt in segments
     (memory O(M + B), as :func:`prefill`) instead of one forward over the whole prompt, the model's
@@ -49,6 +54,7 @@ def make_cache(
         policy = make_policy(policy, model=model, **policy_kwargs)
     elif policy_kwargs:
         raise ConfigError("pass policy settings either in the Policy object or as keyword arguments, not both")
+    layout_for_policy(model, policy)  # refused with the reason before the generation config changes
     _chunk_generate_prefill(model, policy, prefill_chunk_size)
     return CompressedCache(model, policy)
 
@@ -207,6 +213,7 @@ def generate(
     if input_ids.shape[1] > 1:
         prefill(model, input_ids[:, :-1], attention_mask[:, :-1], cache, segment_size=segment_size, progress=progress)
     device = next(model.parameters()).device
+    generate_kwargs.setdefault("use_cache", True)  # a model whose config says use_cache=False (MPT) would re-read all
     return model.generate(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),

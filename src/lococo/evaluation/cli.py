@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,27 @@ def _policies(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _runnable(names: list[str], model: Any, explicit: bool) -> list[str]:
+    """The policies that can run on ``model``, checked before any cell: a policy asked for by name that
+    cannot is a clear error at once; from the default (every policy) the ones that cannot are left out, with
+    a line saying why."""
+    from lococo.errors import IncompatibleModelError
+    from lococo.models_support import layout_for_policy
+    from lococo.policies import policy_class
+
+    kept = []
+    for name in names:
+        try:
+            layout_for_policy(model, policy_class(name))
+        except IncompatibleModelError as exc:
+            if explicit:
+                raise
+            print(f"skipping {name}: {exc}", file=sys.stderr)
+            continue
+        kept.append(name)
+    return kept
+
+
 def _meta(kind: str, args: argparse.Namespace, policies: list[str]) -> dict[str, Any]:
     """Report meta: the full configuration (JSON-safe) plus versions, commit, machine, date."""
     from .report import run_meta
@@ -169,7 +191,7 @@ def _run_grid(
 ) -> int:
     from .grid import expand_cells, run_grid
 
-    policies = _policies(args)
+    policies = _runnable(_policies(args), model, explicit=bool(args.policy))
     cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
     records = run_grid(
         cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot, summary=summary, table=table,

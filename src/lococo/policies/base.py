@@ -32,6 +32,9 @@ class Policy:
         uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
         needs_model: True if the policy can only be built for a model (``lococo``: its heads).
         learned: True for policies with trained parameters (reports compare them with the best of the rest).
+        contiguous: True if the kept slots are always the most recent tokens, in order (``window``): the one
+            kind of compression a model whose ALiBi biases count back from the newest key slot (MPT) follows
+            exactly (:mod:`lococo.models_support`).
 
     Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
     that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
@@ -43,6 +46,7 @@ class Policy:
     uses_mem_size: ClassVar[bool] = True
     needs_model: ClassVar[bool] = False
     learned: ClassVar[bool] = False
+    contiguous: ClassVar[bool] = False
     score_window: int | None = None
 
     @classmethod

@@ -73,6 +73,7 @@ class WindowPolicy(Policy):
     """The most recent ``mem_size`` tokens."""
 
     name = "window"
+    contiguous = True
 
     def compress(self, keys, values, scores, valid):
         idx = topk_in_order(recency_scores(keys[..., 0], valid), self.mem_size)
