@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .grid import CacheFactory, pyplot, series_label
-from .perplexity import score_tokens
+from .perplexity import grouping_fields, score_tokens
 from .stats import bootstrap_interval
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def decode_fidelity(
         "docs": len(sequences),
         "doc_segment_nll": seg_nll,
         "doc_decode_nll": dec_nll,
-        **({} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}),
+        **grouping_fields(groups),
     }
 
 

@@ -165,7 +165,6 @@ def perplexity(
         bucket_label(edges[i], edges[i + 1]): float(sums[i] / counts[i]) for i in range(len(sums)) if counts[i] > 0
     }
     _, low, high = bootstrap_interval(doc_nll, groups=groups)
-    grouped = {} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}
     return {
         "ppl": math.exp(nll),
         "ppl_low": None if low is None else math.exp(low),  # 95% bootstrap interval over documents
@@ -175,8 +174,13 @@ def perplexity(
         "docs": len(sequences),
         "loss_by_bucket": by_bucket,
         "doc_nll": doc_nll,
-        **grouped,
+        **grouping_fields(groups),
     }
+
+
+def grouping_fields(groups: Sequence[int] | None) -> dict[str, Any]:
+    """The record fields that say which document each sequence came from (none without windows)."""
+    return {} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}
 
 
 def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
@@ -209,13 +213,13 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
         for r in sorted(group, key=lambda r: r["nll"]):
             if r is ref or len(r["doc_nll"]) != len(ref["doc_nll"]):
                 continue
-            groups = r.get("doc_group")
-            d = paired_difference(r["doc_nll"], ref["doc_nll"], groups=groups)
+            doc_groups = r.get("doc_group")
+            d = paired_difference(r["doc_nll"], ref["doc_nll"], groups=doc_groups)
             closed = ""
             if kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"]):
-                closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"], groups=groups),
+                closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"], groups=doc_groups),
                                        percent=True)
-            n_docs = len(set(groups)) if groups else len(r["doc_nll"])
+            n_docs = len(set(doc_groups)) if doc_groups else len(r["doc_nll"])
             needed = docs_for_width(d[1], d[2], n_docs)
             rows.append(f"| {length} | {mem} | {r['policy']} | {ref['policy']} | {_fmt_interval(d)} | "
                         f"{math.exp(d[0]):.4f} | {n_docs} ({len(r['doc_nll'])}) | {needed or ''} | {closed} |")

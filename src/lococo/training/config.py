@@ -13,6 +13,10 @@ if TYPE_CHECKING:
     import torch
 
 
+OBJECTIVES = ("lm", "kl", "lm+kl")
+"""Training signals: next-token loss; KL from the same frozen model reading with a full cache; their sum."""
+
+
 @dataclass
 class TrainConfig:
     """Everything ``lococo train`` needs; JSON round-trippable (saved beside the trained heads).
@@ -79,8 +83,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.extend_to is not None and self.extend_to < 1:
             raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
-        if self.objective not in ("lm", "kl", "lm+kl"):
-            raise ConfigError(f"objective must be lm, kl or lm+kl, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective != "lm" and self.extend_to is not None:
             raise ConfigError("objective kl needs a teacher that reads the text natively; with --extend-to use lm")
         if not 0 <= self.decode_tokens < self.n_segments * self.segment_size:

@@ -162,10 +162,6 @@ def _token_losses(logits: torch.Tensor, ids: torch.Tensor, start: int, stop: int
     return lm, kl, n_pos * ids.shape[0]
 
 
-OBJECTIVES = ("lm", "kl", "lm+kl")
-"""Training signals: next-token loss; KL from the same frozen model reading with a full cache; their sum."""
-
-
 def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
                   sync_at_end: bool) -> dict[str, float]:
     """Forward/backward one batch of sequences chunk by chunk (:func:`chunk_plan`).
