@@ -181,14 +181,12 @@ def shared_prefix_length(prompts: Sequence[Sequence[int]], segment_size: int) ->
 
 
 def _forks_exactly(cache: Any) -> bool:
-    """False when a policy of ``cache`` carries a random generator (``random``): every compression draws
-    from it, so a prefix read once would not get the draws it gets when each prompt is read alone."""
+    """False when ``cache``'s policy is not :attr:`~lococo.policies.Policy.stateless` (``random``: every
+    compression draws from one generator, so a prefix read once would not get the draws it gets when each
+    prompt is read alone)."""
     from ..cache import CompressedCache
 
-    if not isinstance(cache, CompressedCache):
-        return False
-    policies = [cache.policy, *(layer.policy for layer in cache.compressed_layers)]
-    return not any(isinstance(v, torch.Generator) for p in policies for v in vars(p).values())
+    return isinstance(cache, CompressedCache) and cache.policy.stateless
 
 
 def _generate_answers(

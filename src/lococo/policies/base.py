@@ -35,6 +35,8 @@ class Policy:
         contiguous: True if the kept slots are always the most recent tokens, in order (``window``): the one
             kind of compression a model whose ALiBi biases count back from the newest key slot (MPT) follows
             exactly (:mod:`lococo.models_support`).
+        stateless: False if compressions draw on state shared by every cache of the policy (``random``'s
+            generator): a cache forked after some compressions then differs from one read from scratch.
 
     Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
     that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
@@ -47,6 +49,7 @@ class Policy:
     needs_model: ClassVar[bool] = False
     learned: ClassVar[bool] = False
     contiguous: ClassVar[bool] = False
+    stateless: ClassVar[bool] = True
     score_window: int | None = None
 
     @classmethod

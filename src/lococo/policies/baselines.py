@@ -260,6 +260,7 @@ class RandomPolicy(Policy):
     """Uniform random eviction: ``mem_size`` random real slots per row and head, in order (seeded)."""
 
     name = "random"
+    stateless = False  # one generator for every cache of the policy
 
     def __init__(self, mem_size: int = 128, buffer: int = 16, seed: int = 0) -> None:
         super().__init__(mem_size, buffer)
