@@ -10,6 +10,8 @@
 #   bash reports/run_reports.sh passkey       # passkey up to 8K, 10 keys x 5 depths per cell, fp32  ~9 h (!)
 #   bash reports/run_reports.sh passkey-2keys # the older protocol behind reports/passkey.json (bf16: needs a
 #                                             # CPU with AVX512-BF16, or ~50x longer)
+#   bash reports/run_reports.sh positions     # absolute vs re-indexed positions at 32K, 4 documents, M = 128  ~2 h
+#                                             # (positions-a and positions-b: the two halves, one per core)
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
 #
@@ -81,6 +83,16 @@ if [[ "$WHAT" == all || "$WHAT" == passkey ]]; then
     lococo eval passkey --length 2048 4096 8192 --depth 0.1 0.3 0.5 0.7 0.9 --trials 10 --segment-size 512 \
         --mem-size 128 --policy full streaming tova snapkv lococo --heads shipped \
         "${RUN[@]}" --output reports/passkey_10keys.json
+fi
+
+# Issue 14: key positions past the model's 8K context. Every compressing policy with absolute positions and with
+# positions re-indexed inside the cache, 4 held-out sequences of 32K tokens, loss by position bucket.
+POSITIONS=(--length 32768 --mem-size 128 --heads shipped --num-docs 4 --positions absolute reindexed "${RUN[@]}")
+if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-a ]]; then
+    lococo eval ppl --policy streaming tova "${POSITIONS[@]}" --output reports/positions/ppl_32k_a.json
+fi
+if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-b ]]; then
+    lococo eval ppl --policy snapkv lococo "${POSITIONS[@]}" --output reports/positions/ppl_32k_b.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == bench ]]; then

@@ -111,6 +111,9 @@ def test_expand_cells_runs_full_once_per_length():
     assert len(cells) == 2 * (1 + 2) * 2
     assert {c["mem_size"] for c in cells if c["policy"] == "full"} == {None}
     assert len({cell_key(c, ["depth"]) for c in cells}) == len(cells)
+    cells = expand_cells(["full", "window"], [16], [64], 32, {"positions": ["absolute", "reindexed"]})
+    assert [(c["policy"], c["positions"]) for c in cells] == [
+        ("full", "absolute"), ("window", "absolute"), ("window", "reindexed")]  # the full cache ignores the axis
 
 
 def test_lococo_cell_attaches_fresh_heads_and_detaches(tiny_llama):
@@ -494,14 +497,18 @@ def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, 
                             for i in range(5)))
     out = tmp_path / "ppl.json"
     argv = ["eval", "ppl", "--data", str(data), "--length", "128", "--policy", "full", "window", "streaming",
-            "--mem-size", "16", "--segment-size", "32", "--num-docs", "4", "--output", str(out), "--no-progress"]
+            "--mem-size", "16", "--segment-size", "32", "--num-docs", "4", "--output", str(out), "--no-progress",
+            "--positions", "absolute", "reindexed"]
     args = _parser().parse_args(argv)
     assert args._run(args) == 0
     records = json.loads(out.read_text())["records"]
     assert all(r["docs"] == 4 and len(r["doc_nll"]) == 4 for r in records)
     assert all(r["ppl_low"] <= r["ppl"] <= r["ppl_high"] for r in records)
+    assert sorted((r["policy"], r["positions"]) for r in records) == [
+        ("full", "absolute"), ("streaming", "absolute"), ("streaming", "reindexed"), ("window", "absolute"),
+        ("window", "reindexed")]
     md = out.with_suffix(".md").read_text()
-    assert "Paired comparisons" in md and "| 128 | 16 |" in md
+    assert "Paired comparisons" in md and "| 128 | 16 | absolute |" in md and "| 128 | 16 | reindexed |" in md
 
 
 def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_llama):

@@ -80,7 +80,7 @@ def test_lambda_zero_is_exact_top_m_selection(rho):
     keys = torch.randn(b, h, length, 4)
     values = torch.randn(b, h, length, 4)
     scores = torch.rand(b, h, length)
-    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    k, v, _, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
     assert k.shape == (b, h, cfg.mem_size, 4)
     top = scores.topk(cfg.mem_size, dim=-1).indices.sort(-1).values
     expected = keys.gather(2, top[..., None].expand(-1, -1, -1, 4))
@@ -94,7 +94,7 @@ def test_fused_slots_are_convex_mixtures_of_the_remaining_tokens():
     keys = torch.randn(1, 1, 20, 4)
     values = torch.ones(1, 1, 20, 4)
     scores = torch.rand(1, 1, 20)
-    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    k, v, _, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
     # values are all ones: a convex mixture of ones is one
     assert torch.allclose(v, torch.ones_like(v), atol=1e-6)
 
@@ -103,7 +103,7 @@ def test_local_window_is_always_kept():
     head, cfg = _head(mem=8, rho=0.5, lam=0.0)
     keys = torch.arange(30.0).view(1, 1, 30, 1).expand(1, 1, 30, 4).contiguous()
     scores = torch.linspace(1, 0, 30).view(1, 1, 30)  # oldest scores highest
-    k, _, _ = lococo_compress(head, cfg.n_heavy, 2, keys, keys, scores, None)
+    k, _, _, _ = lococo_compress(head, cfg.n_heavy, 2, keys, keys, scores, None)
     kept = k[0, 0, :, 0].tolist()
     assert 28.0 in kept and 29.0 in kept
 
@@ -117,7 +117,7 @@ def test_lambda_stays_in_unit_interval_whatever_the_parameter(logit):
     lam = float(head.blend_weight().detach())
     assert 0.0 <= lam <= 1.0
     # fused value slots are convex combinations: never outside the range of the values they mix
-    _, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
+    _, v, _, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
     assert v.min() >= values.min() - 1e-5 and v.max() <= values.max() + 1e-5
 
 
@@ -125,7 +125,7 @@ def test_lambda_gradient_survives_where_a_clamp_would_kill_it():
     head, cfg = _head(lam=0.5)
     head.lam_logit.data.fill_(-3.0)  # lambda ~ 0.047: near the edge, still learning
     keys, values = torch.randn(1, 2, 20, 4), torch.randn(1, 2, 20, 4)
-    k, v, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
+    k, v, _, _ = lococo_compress(head, cfg.n_heavy, 0, keys, values, torch.rand(1, 2, 20), None)
     (k.square().sum() + v.square().sum()).backward()
     assert head.lam_logit.grad is not None and head.lam_logit.grad.abs() > 0
 

@@ -462,3 +462,35 @@ def test_eval_grids_check_every_policy_before_the_first_cell(capsys):
     assert "skipping window" in capsys.readouterr().err
     with pytest.raises(IncompatibleModelError, match="tova"):
         _runnable(["full", "tova"], model, explicit=True)
+
+
+REINDEX_REFUSED = {"llama4_text": "NoPE layers"}  # its global layer has no rotary embedding
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_reindexed_positions_follow_each_familys_own_rotary(family):
+    """``reindex_positions`` moves stored keys with the family's own rotary embedding and application (Cohere's
+    interleaved pairs, Gemma 3's per-layer-type RoPE, GPT-OSS's YaRN scaling): a key rotated to position p and
+    moved by d equals the key rotated to p + d; families without full rotary keys are refused with the reason."""
+    model = make_model(family)
+    expected_refusal = REINDEX_REFUSED.get(family) or (FAMILIES[family][4] != "rotary" and FAMILIES[family][4])
+    if expected_refusal:
+        with pytest.raises(IncompatibleModelError, match=f"reindex_positions.*{expected_refusal}"):
+            lococo.make_cache(model, "tova", mem_size=MEM, reindex_positions=True)
+        return
+    cache = lococo.make_cache(model, "tova", mem_size=MEM, buffer=4, reindex_positions=True)
+    rotation = cache.compressed_layers[0].rotation
+    layout = attention_layout(model)
+    raw = torch.randn(1, layout.num_kv_heads, 6, layout.head_dim)
+
+    def at(positions):
+        flat = raw.reshape(layout.num_kv_heads, 1, 6, -1)
+        pos = torch.as_tensor(positions).expand(layout.num_kv_heads, 6)
+        cos, sin = rotation.rotary(flat, pos, **rotation.kwargs)
+        return rotation.apply(flat, flat, cos, sin)[1].reshape(raw.shape)
+
+    before, after = [3, 7, 100, 900, 20, 0], [0, 9, 60, 12, 2020, 5]
+    shift = (torch.tensor(after) - torch.tensor(before)).expand(1, layout.num_kv_heads, 6)
+    assert torch.allclose(rotation(at(before), shift), at(after), atol=1e-4)
+    out = lococo.prefill(model, _ids(60), segment_size=SEG, cache=cache)
+    assert torch.isfinite(out.logits).all() and cache.stored_length() <= MEM + SEG + 4

@@ -142,7 +142,7 @@ def kept_positions(name: str, scores: torch.Tensor, valid: torch.Tensor | None =
     b, h, length = scores.shape
     policy = make_policy(name, **kwargs)
     keys = encoded(b, h, length)
-    k, v, s = policy.compress(keys, keys.clone(), scores, valid)
+    k, v, s, _ = policy.compress(keys, keys.clone(), scores, valid)
     assert k.shape == v.shape == (b, h, policy.mem_size, keys.shape[-1])
     torch.testing.assert_close(k, v)
     return k[..., 0].long().tolist(), s
@@ -222,7 +222,7 @@ def test_streaming_batched_sinks_follow_each_row():
     policy = make_policy("streaming", mem_size=6, n_sink=2)
     keys = encoded(2, 2, 12)
     valid = torch.tensor([[False, False, False] + [True] * 9, [True] * 12])
-    k, _, _ = policy.compress(keys, keys.clone(), None, valid)
+    k, _, _, _ = policy.compress(keys, keys.clone(), None, valid)
     assert k[..., 0].long().tolist() == [[[3, 4, 8, 9, 10, 11]] * 2, [[0, 1, 8, 9, 10, 11]] * 2]
 
 
@@ -230,9 +230,9 @@ def test_meanpool_averages_older_tokens_in_near_equal_groups():
     valid = torch.tensor([[False, False] + [True] * 8])
     policy = make_policy("meanpool", mem_size=4, n_merged=2)
     keys = encoded(1, 1, 10)
-    k, _, _ = policy.compress(keys, keys, None, valid)
+    k, _, _, _ = policy.compress(keys, keys, None, valid)
     assert k[0, 0, :, 0].tolist() == [3.0, 6.0, 8.0, 9.0]  # means of {2,3,4} and {5,6,7}
-    k, _, _ = policy.compress(encoded(1, 1, 9), encoded(1, 1, 9), None, None)
+    k, _, _, _ = policy.compress(encoded(1, 1, 9), encoded(1, 1, 9), None, None)
     assert k[0, 0, :, 0].tolist() == [1.5, 5.0, 7.0, 8.0]  # groups of 4 and 3
     assert make_policy("meanpool", mem_size=8).n_merged == 4
 
@@ -266,7 +266,7 @@ def test_compress_returns_budget_and_never_padding(name, kv_heads):
     scores = None if policy.score_mode is None else torch.rand(b, kv_heads, length) * 10
     if scores is not None:
         scores = scores.masked_fill(~valid[:, None, :], 1e6)
-    k, v, s = policy.compress(keys, keys.clone(), scores, valid)
+    k, v, s, _ = policy.compress(keys, keys.clone(), scores, valid)
     assert k.shape == v.shape == (b, kv_heads, mem, 4)
     assert torch.isfinite(k).all() and torch.isfinite(v).all()
     if policy.score_mode == "accumulated":
@@ -276,7 +276,6 @@ def test_compress_returns_budget_and_never_padding(name, kv_heads):
 @pytest.mark.parametrize(
     ("name", "kwargs"),
     [
-        ("streaming", {"reindex_positions": True}),  # without the model: no RoPE frequencies
         ("streaming", {"n_sink": 17}),
         ("h2o", {"heavy_ratio": 1.5}),
         ("snapkv", {"score_window": 0}),
@@ -288,40 +287,6 @@ def test_compress_returns_budget_and_never_padding(name, kv_heads):
 def test_invalid_settings_are_config_errors(name, kwargs):
     with pytest.raises(ConfigError):
         make_policy(name, mem_size=16, **kwargs)
-
-
-def test_streaming_reindex_moves_kept_keys_next_to_the_new_tokens():
-    """Re-rotated keys equal keys rotated directly at their new in-cache positions (seen - M + i)."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    model = build_model(tiny_llama_config())
-    policy = make_policy("streaming", model=model, mem_size=8, buffer=0, n_sink=2, reindex_positions=True)
-    length, d = 20, 16
-    raw = torch.randn(1, 2, length, d)
-
-    def rotated(positions):
-        cos, sin = model.model.rotary_emb(raw, torch.as_tensor(positions)[None])
-        return apply_rotary_pos_emb(raw, raw, cos, sin)[0]
-
-    seen = 50  # the stored slots carry positions seen - length .. seen - 1
-    keys = rotated(list(range(seen - length, seen)))
-    kept, _, _ = policy.compress(keys, keys.clone(), None, None)
-    kept_idx = [0, 1, 14, 15, 16, 17, 18, 19]  # 2 sinks + 6 most recent
-    # slot i of the kept memory is raw[kept_idx[i]] rotated to position seen - 8 + i
-    for i, j in enumerate(kept_idx):
-        cos, sin = model.model.rotary_emb(raw, torch.tensor([[seen - 8 + i]]))
-        want = apply_rotary_pos_emb(raw[:, :, j : j + 1], raw[:, :, j : j + 1], cos, sin)[0]
-        assert torch.allclose(kept[:, :, i : i + 1], want, atol=1e-5), i
-
-
-def test_streaming_reindex_runs_batched_and_changes_the_result():
-    model = build_model(tiny_llama_config())
-    ids = torch.randint(0, 128, (2, 80))
-    plain = prefill(model, ids, cache=make_cache(model, "streaming", mem_size=16, buffer=4), segment_size=8)
-    cache = make_cache(model, "streaming", mem_size=16, buffer=4, reindex_positions=True)
-    moved = prefill(model, ids, cache=cache, segment_size=8)
-    assert torch.isfinite(moved.logits).all() and cache.stored_length() <= 16 + 8
-    assert not torch.allclose(plain.logits, moved.logits)
 
 
 def test_no_policy_name_is_branched_on_outside_the_registry():

@@ -1,7 +1,8 @@
 """A fixed-size KV cache built on transformers' v5 ``Cache`` / ``CacheLayerMixin``.
 
 `CompressedLayer` stores only the model's KV heads (GQA-native). It reports *tokens seen* from
-``get_seq_length`` (so positions stay absolute) and, before appending new tokens, lazily folds its
+``get_seq_length`` (so queries keep absolute positions; with ``reindex_positions`` the kept keys are moved
+next to them instead, :mod:`lococo.positions`) and, before appending new tokens, lazily folds its
 stored slots back to ``mem_size`` whenever it holds more than ``mem_size + buffer`` (docs/method.md). *How*
 slots are folded is the job of a :class:`~lococo.policies.Policy` (LoCoCo's heads, or a baseline).
 
@@ -19,6 +20,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, Dynam
 
 from .models_support import layout_for_policy
 from .policies.base import Policy
+from .positions import KeyRotation, incoming_positions, next_position, reindexed
 
 
 class CompressedLayer(CacheLayerMixin):
@@ -27,9 +29,11 @@ class CompressedLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, rotation: KeyRotation | None = None) -> None:
         super().__init__()
         self.policy = policy
+        self.rotation = rotation  # set: positions re-indexed inside the cache at every compression
+        self.positions: torch.Tensor | None = None  # [b, kv_heads, stored] long, tracked with ``rotation``
         self.mem_size = policy.mem_size
         self.buffer = policy.buffer
         self.seen = 0
@@ -54,9 +58,11 @@ class CompressedLayer(CacheLayerMixin):
         if self.policy.compresses and self.stored > self.mem_size + self.buffer:
             self._compact()
         q = key_states.shape[-2]
+        incoming, self.incoming_valid = self.incoming_valid, None
+        if self.rotation is not None:
+            self._track_positions(q, None if incoming is None else incoming[0].to(key_states.device))
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        incoming, self.incoming_valid = self.incoming_valid, None
         if incoming is not None or self.valid is not None:
             old = self.valid if self.valid is not None else self._ones(self.stored - q)
             new = incoming[0].to(old.device) if incoming is not None else self._ones(q)
@@ -86,11 +92,11 @@ class CompressedLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = 0
-        self.valid = self.scores = self.incoming_valid = self.row_valid = None
+        self.valid = self.scores = self.incoming_valid = self.row_valid = self.positions = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        for name in ("valid", "scores"):
+        for name in ("valid", "scores", "positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
@@ -98,7 +104,7 @@ class CompressedLayer(CacheLayerMixin):
             self.row_valid = [self.row_valid[i] for i in beam_idx.tolist()]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for name in ("keys", "values", "valid", "scores"):
+        for name in ("keys", "values", "valid", "scores", "positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.repeat_interleave(repeats, dim=0))
@@ -106,7 +112,7 @@ class CompressedLayer(CacheLayerMixin):
             self.row_valid = [n for n in self.row_valid for _ in range(repeats)]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        for name in ("keys", "values", "valid", "scores"):
+        for name in ("keys", "values", "valid", "scores", "positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t[indices, ...])
@@ -143,6 +149,15 @@ class CompressedLayer(CacheLayerMixin):
             self.keys = self.keys.detach()
             self.values = self.values.detach()
 
+    # -- positions (reindex_positions) -------------------------------------------------------------
+    def _track_positions(self, q: int, incoming_valid: torch.Tensor | None) -> None:
+        """Append the positions of ``q`` incoming tokens (called before they are stored)."""
+        if self.positions is None:
+            self.positions = torch.zeros(*self.keys.shape[:2], 0, dtype=torch.long, device=self.keys.device)
+        anchor = next_position(self.positions, self.valid)
+        new = incoming_positions(anchor, self.keys.shape[1], q, incoming_valid)
+        self.positions = torch.cat([self.positions, new], dim=-1)
+
     # -- compaction --------------------------------------------------------------------------------
     def _ones(self, n: int) -> torch.Tensor:
         return torch.ones(self.keys.shape[0], n, dtype=torch.bool, device=self.keys.device)
@@ -165,30 +180,37 @@ class CompressedLayer(CacheLayerMixin):
         return self._plan()[0]
 
     def _compressed(self):
+        """The policy's fold of the stored slots: (keys, values, scores, positions or None)."""
         scores = self.scores
         if scores is None:
             scores = torch.zeros(self.keys.shape[:3], device=self.keys.device) if self.policy.score_mode else None
-        return self.policy.compress(self.keys, self.values, scores, self.valid)
+        folded = self.policy.compress(self.keys, self.values, scores, self.valid)
+        positions = None if self.positions is None else self.positions.gather(-1, folded.sources)
+        return folded.keys, folded.values, folded.scores, positions
 
     def _compact(self) -> None:
         with torch.profiler.record_function("lococo.compact"):
+            anchor = None if self.rotation is None else next_position(self.positions, self.valid)
             self._compact_now()
+            if anchor is not None:
+                self.keys, self.positions = reindexed(self.keys, self.positions, self.valid, anchor, self.rotation)
 
     def _compact_now(self) -> None:
         self.compressions += 1
         new_len, rows_host, kept = self._plan()
         if rows_host is None:  # no padding anywhere: every row compresses
-            self.keys, self.values, self.scores = self._compressed()
+            self.keys, self.values, self.scores, self.positions = self._compressed()
             return
         # Per row: compress (M slots) or keep its valid slots; right-align; drop invalid slots.
-        sources_k, sources_v, sources_s = [self.keys], [self.values], [self.scores]
+        sources_k, sources_v, sources_s, sources_p = [self.keys], [self.values], [self.scores], [self.positions]
         rows = torch.tensor(rows_host, dtype=torch.bool).to(self.valid.device, non_blocking=True)
         keep = self.valid & ~rows[:, None]
         if any(rows_host):
-            ck, cv, cs = self._compressed()
+            ck, cv, cs, cp = self._compressed()
             sources_k.append(ck)
             sources_v.append(cv)
             sources_s.append(cs)
+            sources_p.append(cp)
             keep = torch.cat([keep, rows[:, None].expand(-1, ck.shape[-2])], dim=-1)
         k_all, v_all = torch.cat(sources_k, dim=2), torch.cat(sources_v, dim=2)
         order = keep.to(torch.int8).argsort(dim=-1, stable=True)[:, -new_len:]  # kept slots last, in order
@@ -201,6 +223,8 @@ class CompressedLayer(CacheLayerMixin):
             self.scores = None
         else:
             self.scores = torch.cat(sources_s, dim=-1).gather(2, order[:, None, :].expand(-1, h, -1))
+        if self.positions is not None:
+            self.positions = torch.cat(sources_p, dim=-1).gather(2, order[:, None, :].expand(-1, h, -1))
         self.row_valid = kept
         if all(n == new_len for n in kept):
             self.valid = self.row_valid = None
@@ -219,23 +243,27 @@ class CompressedCache(Cache):
     """A cache whose global attention layers hold at most ``mem_size + buffer`` slots between forwards.
 
     Build it with :func:`lococo.make_cache` (which also enables score collection on the model), or
-    directly from a policy; a model the policy cannot run on is refused with the reason
+    directly from a policy. ``reindex_positions=True`` moves the kept slots next to the incoming tokens at
+    every compression (StreamingLLM's positions inside the cache, for any policy; :mod:`lococo.positions`).
+    A model the policy cannot run on is refused with the reason
     (:func:`lococo.models_support.layout_for_policy`). Every layer that is not a full-attention layer keeps the
     layer transformers' ``DynamicCache(config=...)`` would give it: sliding-window and chunked layers their
     window, the recurrent / convolution layers of hybrid models their state.
     """
 
-    def __init__(self, model: nn.Module, policy: Policy) -> None:
-        layout = layout_for_policy(model, policy)
+    def __init__(self, model: nn.Module, policy: Policy, reindex_positions: bool = False) -> None:
+        layout = layout_for_policy(model, policy, reindex_positions=reindex_positions)
+        rotation = KeyRotation(model) if reindex_positions and policy.compresses else None
         layers = []
         for i, kind in enumerate(layout.layer_types):
             if kind == "full_attention":
-                layers.append(CompressedLayer(policy.for_layer(i)))
+                layers.append(CompressedLayer(policy.for_layer(i), rotation))
             else:
                 kwargs = layout.layer_kwargs[i] if layout.layer_kwargs else {}
                 layers.append(_transformers_layer(kind, kwargs, layout.windows[i] if layout.windows else None))
         super().__init__(layers=layers)
         self.policy = policy
+        self.reindex_positions = rotation is not None
         self.incoming_memo = None  # (mask, q_len, validity) of the latest forward: see attention._incoming
 
     @property
@@ -269,6 +297,7 @@ class CompressedCache(Cache):
 
         shared = {id(self.policy): self.policy}
         shared.update({id(layer.policy): layer.policy for layer in self.compressed_layers})
+        shared.update({id(layer.rotation): layer.rotation for layer in self.compressed_layers})
         shared[id(self.incoming_memo)] = None
         return copy.deepcopy(self, shared)
 

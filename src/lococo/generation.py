@@ -32,6 +32,7 @@ def make_cache(
     policy: str | Policy = "lococo",
     *,
     prefill_chunk_size: int | str | None = "auto",
+    reindex_positions: bool = False,
     **policy_kwargs,
 ) -> CompressedCache:
     """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
@@ -48,15 +49,19 @@ def make_cache(
     ``generation_config.prefill_chunk_size`` (transformers' own chunked prefill) is set when it has none:
     to ``prefill_chunk_size``, where ``"auto"`` means the heads' ``segment_size`` for LoCoCo, else 512.
     ``None`` leaves the generation config alone.
+
+    ``reindex_positions=True`` gives the kept slots positions counted inside the cache (StreamingLLM's scheme,
+    for any policy on a rotary model; :mod:`lococo.positions`): at every compression they move to the
+    positions right before the incoming tokens, so no query-key distance exceeds the slots stored.
     """
     enable_scoring(model)
     if isinstance(policy, str):
         policy = make_policy(policy, model=model, **policy_kwargs)
     elif policy_kwargs:
         raise ConfigError("pass policy settings either in the Policy object or as keyword arguments, not both")
-    layout_for_policy(model, policy)  # refused with the reason before the generation config changes
+    layout_for_policy(model, policy, reindex_positions)  # refused with the reason before the config changes
     _chunk_generate_prefill(model, policy, prefill_chunk_size)
-    return CompressedCache(model, policy)
+    return CompressedCache(model, policy, reindex_positions=reindex_positions)
 
 
 def _chunk_generate_prefill(model: nn.Module, policy: Policy, chunk: int | str | None) -> None:

@@ -49,8 +49,8 @@ What is checked:
   ALiBi: BLOOM and Falcon build the biases from the 2-D attention mask, one column per token seen, which a
   compressed cache no longer matches (``full`` only); MPT counts them back from the newest key slot, which is
   each key's true distance only while the cache keeps the most recent tokens in order (``window`` and
-  ``full``). StreamingLLM's ``reindex_positions`` re-rotates the stored keys, so it needs full rotary keys
-  stored as keys in every compressed layer (not partial rotary, NoPE layers or latent attention).
+  ``full``). ``reindex_positions`` (any policy, :mod:`lococo.positions`) re-rotates the stored keys, so it needs
+  full rotary keys stored as keys in every compressed layer (not partial rotary, NoPE layers or latent attention).
 
 Trained heads are tied to one architecture by :meth:`AttentionLayout.fingerprint` (``model_type`` included).
 """
@@ -505,12 +505,12 @@ def attention_layout(model: nn.Module, needs: str = "scores") -> AttentionLayout
     return layout
 
 
-def layout_for_policy(model: nn.Module, policy) -> AttentionLayout:
-    """The layout of ``model`` if ``policy`` can run on it, else :class:`IncompatibleModelError` naming the
-    reason and the policies that do work on it."""
+def layout_for_policy(model: nn.Module, policy, reindex_positions: bool = False) -> AttentionLayout:
+    """The layout of ``model`` if ``policy`` (with ``reindex_positions``) can run on it, else
+    :class:`IncompatibleModelError` naming the reason and the policies that do work on it."""
     layout = _inspect(model)
     reason = layout.refusal(policy_requirement(policy))
-    if reason is None and getattr(policy, "reindex_positions", False):
+    if reason is None and reindex_positions and policy.compresses:
         rope = getattr(_text_config(model), "no_rope_layers", None) or [1] * layout.num_layers
         nope = [i for i in layout.compressed_layers if i < len(rope) and not rope[i]]
         if layout.kv_layout != "standard" or layout.positions != "rotary" or nope:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--tokens must be >= 2 and --new-tokens >= 0")
     model, tokenizer = load_model()
     ids = long_text_ids(tokenizer, args.tokens)
-    cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
+    cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads, args.positions)
     heads_note = ""
     if cache.policy.learned:  # say which heads it reads with
         from ..compressor.heads_io import shipped_heads

@@ -19,20 +19,25 @@ def add_policy_args(parser: argparse.ArgumentParser, *, many: bool = False) -> N
     parser.add_argument("--segment-size", type=int, default=512, help="prefill segment length (B)")
     parser.add_argument("--heads", default=None, help="folder with trained LoCoCo heads (default: shipped heads "
                         "for the reference model if they match --mem-size, else untrained heads)")
+    parser.add_argument("--positions", choices=("absolute", "reindexed"), default="absolute",
+                        help="key positions: absolute (as the full cache), or reindexed: kept slots moved next to "
+                        "the incoming tokens (StreamingLLM's scheme; rotary models) (default absolute)")
 
 
-def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, heads: str | None):
+def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, heads: str | None,
+                  positions: str = "absolute"):
     """A fresh cache for ``policy`` with the settings it takes (:func:`lococo.policies.policy_settings`).
 
     ``mem_size=None``: the policy's default M (128), or for LoCoCo the M of its heads: ``heads`` if given,
     else those attached, else the ones shipped for this model (M = 128), else fresh ones. Heads whose M
-    differs from an explicit ``mem_size`` are refused (never a silent choice).
+    differs from an explicit ``mem_size`` are refused (never a silent choice). ``positions="reindexed"``:
+    :func:`lococo.make_cache`'s ``reindex_positions``.
     """
     from ..generation import make_cache
     from ..policies import policy_settings
 
-    return make_cache(model, policy, **policy_settings(policy, mem_size=mem_size, heads=heads or "auto",
-                                                       segment_size=segment_size))
+    settings = policy_settings(policy, mem_size=mem_size, heads=heads or "auto", segment_size=segment_size)
+    return make_cache(model, policy, reindex_positions=positions == "reindexed", **settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -126,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     if ids.shape[1] == 0:
         raise LococoError(f"{where}: the prompt is empty")
-    cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads)
+    cache = prepare_cache(model, args.policy, args.mem_size, args.segment_size, args.heads, args.positions)
     stream = sys.stdout.isatty() if args.stream is None else args.stream
     if stream:
         from transformers import TextStreamer

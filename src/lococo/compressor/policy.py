@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from ..policies import register_policy
 from ..policies.base import (
     NEG_INF,
+    Folded,
     Policy,
     complement_in_order,
     gather_slots,
@@ -30,13 +31,15 @@ def lococo_compress(
     values: torch.Tensor,
     scores: torch.Tensor,
     valid: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Folded:
     """Fold ``L`` stored slots into ``n_heavy + head.n_fused`` slots, vectorised over batch and KV heads.
 
     1. heavy hitters H: the last ``local_window`` slots plus the top (H - local) by score, in order;
     2. the rest R goes through the conv: ``A = softmax_R(act(conv([K_R; V_R])))``;
     3. ``W = (1 - lambda) P + lambda A`` with P the one-hot top-C of R by score (in order);
     4. memory = ``[K_H ; W K_R]`` (same W for values); carried scores ``[s_H ; W s_R]``.
+
+    A fused slot stands for its top-C token (``Folded.sources``).
     """
     b, h, length, _ = keys.shape
     n_fused = head.n_fused
@@ -49,7 +52,7 @@ def lococo_compress(
     idx_r = complement_in_order(index_mask(idx_h, length), n_rest)
     k_h, v_h, s_h = gather_slots(keys, idx_h), gather_slots(values, idx_h), gather_slots(scores.float(), idx_h)
     if n_fused == 0:
-        return k_h, v_h, s_h
+        return Folded(k_h, v_h, s_h, idx_h)
     k_r, v_r = gather_slots(keys, idx_r), gather_slots(values, idx_r)
     s_r = gather_slots(s, idx_r)
     valid_r = None if valid is None else gather_slots(valid[:, None, :].expand(b, h, length), idx_r)
@@ -67,7 +70,8 @@ def lococo_compress(
     k_f = (weight @ k_r.float()).to(keys.dtype)
     v_f = (weight @ v_r.float()).to(values.dtype)
     s_f = (weight @ gather_slots(scores.float(), idx_r).unsqueeze(-1)).squeeze(-1)
-    return torch.cat([k_h, k_f], dim=2), torch.cat([v_h, v_f], dim=2), torch.cat([s_h, s_f], dim=-1)
+    sources = torch.cat([idx_h, idx_r.gather(-1, top)], dim=-1)
+    return Folded(torch.cat([k_h, k_f], dim=2), torch.cat([v_h, v_f], dim=2), torch.cat([s_h, s_f], dim=-1), sources)
 
 
 @register_policy

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+POSITIONS = ("absolute", "reindexed")  # lococo.evaluation.grid.POSITIONS (torch is not imported here)
 HELP = "evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval (passkey)"
 DEFAULT_MEM_SIZES = [128, 512]
 DEFAULT_PPL_LENGTHS = [8192]
@@ -43,6 +44,11 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
         "--heads", nargs="+", default=None,
         help="trained LoCoCo heads: folders or hub ids, one per --mem-size (each cell takes the one trained with "
         "its M), or 'shipped' for lococo's own heads for the reference model (default: fresh, untrained heads)",
+    )
+    grid.add_argument(
+        "--positions", nargs="+", choices=POSITIONS, default=None,
+        help="key positions: absolute (as the full cache) and/or reindexed (kept slots moved next to the incoming "
+        "tokens, StreamingLLM's scheme, for every policy); several values add an axis (default absolute)",
     )
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -148,7 +154,7 @@ def _policies(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _runnable(names: list[str], model: Any, explicit: bool) -> list[str]:
+def _runnable(names: list[str], model: Any, explicit: bool, positions: list[str] | None = None) -> list[str]:
     """The policies that can run on ``model``, checked before any cell: a policy asked for by name that
     cannot is a clear error at once; from the default (every policy) the ones that cannot are left out, with
     a line saying why."""
@@ -159,7 +165,7 @@ def _runnable(names: list[str], model: Any, explicit: bool) -> list[str]:
     kept = []
     for name in names:
         try:
-            layout_for_policy(model, policy_class(name))
+            layout_for_policy(model, policy_class(name), reindex_positions="reindexed" in (positions or ()))
         except IncompatibleModelError as exc:
             if explicit:
                 raise
@@ -191,7 +197,9 @@ def _run_grid(
 ) -> int:
     from .grid import expand_cells, run_grid
 
-    policies = _runnable(_policies(args), model, explicit=bool(args.policy))
+    policies = _runnable(_policies(args), model, explicit=bool(args.policy), positions=args.positions)
+    if args.positions and args.positions != ["absolute"]:  # reports without the axis are absolute
+        extra_axes = {"positions": list(dict.fromkeys(args.positions)), **(extra_axes or {})}
     cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
     records = run_grid(
         cells, evaluate, model, args.output, _meta(kind, args, policies), plot=plot, summary=summary, table=table,

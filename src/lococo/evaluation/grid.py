@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 CELL_KEYS = ("policy", "mem_size", "segment_size", "length")
 """Keys every cell and every record has; together with the extra axes they identify a cell."""
 
+POSITIONS = ("absolute", "reindexed")
+"""Values of the ``positions`` axis: queries and keys at absolute positions, or the kept slots moved next to
+the incoming tokens (``make_cache(..., reindex_positions=True)``, :mod:`lococo.positions`)."""
+
 CacheFactory = Callable[[], "CompressedCache"]
 CellFn = Callable[[dict[str, Any], CacheFactory], dict[str, Any]]
 PlotFn = Callable[[list[dict], Path], None]
@@ -46,19 +50,25 @@ def expand_cells(
 ) -> list[dict[str, Any]]:
     """Every cell of the grid, lengths outermost (short cells finish first), ``full`` once per length.
 
-    ``extra_axes`` adds further dimensions (e.g. ``{"depth": [0.0, 0.5, 1.0]}``), innermost.
+    ``extra_axes`` adds further dimensions (e.g. ``{"depth": [0.0, 0.5, 1.0]}``), innermost. The
+    ``positions`` axis configures the cache: the full cache, which keeps every token, gets only its first value.
     """
     if not policies or not lengths:
         raise ConfigError("the grid needs at least one policy and one length")
     if any(m < 1 for m in mem_sizes) or any(n < 2 for n in lengths):
         raise ConfigError(f"mem sizes must be >= 1 and lengths >= 2, got {list(mem_sizes)} and {list(lengths)}")
-    extra = [[]]  # list of [(axis, value), ...] combinations
-    for axis, values in (extra_axes or {}).items():
-        extra = [combo + [(axis, v)] for combo in extra for v in values]
+    def combos(compresses: bool) -> list[list[tuple[str, Any]]]:
+        extra = [[]]  # list of [(axis, value), ...] combinations
+        for axis, values in (extra_axes or {}).items():
+            values = values if compresses or axis != "positions" else list(values)[:1]
+            extra = [combo + [(axis, v)] for combo in extra for v in values]
+        return extra
+
     cells = []
     for length in lengths:
         for policy in policies:
             uses_mem_size = policy_class(policy).uses_mem_size
+            extra = combos(policy_class(policy).compresses)
             if uses_mem_size and not mem_sizes:
                 raise ConfigError(f"policy {policy!r} needs at least one --mem-size")
             for mem in mem_sizes if uses_mem_size else [None]:
@@ -82,8 +92,10 @@ def policy_caches(
     *,
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
+    reindex_positions: bool = False,
 ) -> Iterator[CacheFactory]:
-    """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it.
+    """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it (with
+    ``reindex_positions``, :func:`lococo.make_cache`).
 
     The policy takes what it uses of ``mem_size``, ``heads_dir`` (trained heads: one folder or several, one
     per M, or ``"shipped"``), ``segment_size`` and ``seed`` (:func:`lococo.policies.policy_settings`); a
@@ -100,7 +112,7 @@ def policy_caches(
     try:
         bound = make_policy(policy, model=model, **policy_settings(
             policy, mem_size=mem_size, heads=heads_dir or "fresh", segment_size=segment_size, seed=seed))
-        yield lambda: make_cache(model, bound)
+        yield lambda: make_cache(model, bound, reindex_positions=reindex_positions)
     finally:
         if has_heads(model):
             detach(model)
@@ -143,7 +155,8 @@ def run_grid(
         bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in cell.items() if v is not None))
         start = time.perf_counter()
         with policy_caches(
-            model, cell["policy"], cell["mem_size"], cell["segment_size"], heads_dir=heads_dir, seed=seed
+            model, cell["policy"], cell["mem_size"], cell["segment_size"], heads_dir=heads_dir, seed=seed,
+            reindex_positions=cell.get("positions") == "reindexed",
         ) as new_cache:
             metrics = evaluate(cell, new_cache)
         records.append({**cell, **metrics, "seconds": round(time.perf_counter() - start, 3)})
@@ -154,8 +167,10 @@ def run_grid(
 
 
 def series_label(record: dict[str, Any]) -> str:
-    """``policy`` or ``policy M=...``: the legend/panel label of a record's (policy, mem_size)."""
-    return record["policy"] if record.get("mem_size") is None else f"{record['policy']} M={record['mem_size']}"
+    """``policy``, ``policy M=...`` or ``policy M=... reindexed``: the legend/panel label of a record's (policy,
+    mem_size, positions)."""
+    label = record["policy"] if record.get("mem_size") is None else f"{record['policy']} M={record['mem_size']}"
+    return label + (" reindexed" if record.get("positions") == "reindexed" else "")
 
 
 def pyplot():

@@ -201,9 +201,9 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         if r.get("doc_nll"):
-            groups.setdefault((r["length"], r.get("mem_size")), []).append(r)
+            groups.setdefault((r["length"], r.get("mem_size"), r.get("positions") or ""), []).append(r)
     rows = []
-    for (length, mem), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+    for (length, mem, positions), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
         full = next((r for r in records if kind(r) == "full" and r["length"] == length and r.get("doc_nll")), None)
         others = [r for r in group if kind(r) == "heuristic"]
         ref = next((r for r in group if r["policy"] == compare_to), None) if compare_to else (
@@ -221,12 +221,13 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
                                        percent=True)
             n_docs = len(set(doc_groups)) if doc_groups else len(r["doc_nll"])
             needed = docs_for_width(d[1], d[2], n_docs)
-            rows.append(f"| {length} | {mem} | {r['policy']} | {ref['policy']} | {_fmt_interval(d)} | "
+            rows.append(f"| {length} | {mem} | {positions or 'absolute'} | {r['policy']} | {ref['policy']} | "
+                        f"{_fmt_interval(d)} | "
                         f"{math.exp(d[0]):.4f} | {n_docs} ({len(r['doc_nll'])}) | {needed or ''} | {closed} |")
     if not rows:
         return ""
-    lines += ["| length | M | policy | reference | Δ nll (nats) | ppl ratio | docs (sequences) | docs for 0.5% | "
-              "gap to full closed |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+    lines += ["| length | M | positions | policy | reference | Δ nll (nats) | ppl ratio | docs (sequences) | "
+              "docs for 0.5% | gap to full closed |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
               "*docs for 0.5%*: documents a rerun would need for the interval of Δ nll to be 0.005 nats wide "
               "(0.5% of perplexity), projected from this interval's width (widths shrink as 1/sqrt(docs))."]
     return "\n".join(lines) + "\n"

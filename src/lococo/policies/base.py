@@ -11,13 +11,28 @@ valid ``[batch, L]`` bool (or None when every slot holds a real token).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 
 from ..errors import ConfigError
 
 NEG_INF = float("-inf")
+
+
+class Folded(NamedTuple):
+    """What one compression returns: ``mem_size`` slots per row and KV head.
+
+    ``sources [b, h, mem_size]`` (long) names, for each kept slot, the stored slot it stands for: itself for
+    a kept token; for a merged slot, the token that dominates it (LoCoCo: its selected top-C token;
+    mean-pooling: its group's middle token). The cache uses it to carry each slot's position (for
+    re-indexed positions, :mod:`lococo.cache`); nothing else depends on it.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    scores: torch.Tensor | None
+    sources: torch.Tensor
 
 
 class Policy:
@@ -86,8 +101,9 @@ class Policy:
         values: torch.Tensor,
         scores: torch.Tensor | None,
         valid: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Return exactly ``mem_size`` slots: (keys, values, scores carried for accumulated modes)."""
+    ) -> Folded:
+        """Return exactly ``mem_size`` slots: keys, values, scores carried for accumulated modes, and the
+        stored slot each one stands for (:class:`Folded`)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -148,7 +164,7 @@ def select(
     values: torch.Tensor,
     scores: torch.Tensor | None,
     idx: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> Folded:
     """Keep the slots ``idx [b, h, M]`` of keys, values and scores."""
     kept_scores = None if scores is None else gather_slots(scores, idx)
-    return gather_slots(keys, idx), gather_slots(values, idx), kept_scores
+    return Folded(gather_slots(keys, idx), gather_slots(values, idx), kept_scores, idx)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import register_policy
-from .base import Policy, masked, recency_scores, select, topk_in_order
+from .base import Folded, Policy, masked, positions_like, recency_scores, select, topk_in_order
 
 POS_INF = float("inf")
 
@@ -65,7 +65,7 @@ class FullPolicy(Policy):
         return "FullPolicy()"
 
     def compress(self, keys, values, scores, valid):  # never called
-        return keys, values, scores
+        return Folded(keys, values, scores, positions_like(keys[..., 0]).long())
 
 
 @register_policy
@@ -84,65 +84,20 @@ class WindowPolicy(Policy):
 class StreamingPolicy(Policy):
     """StreamingLLM: the first ``n_sink`` real tokens of each row (attention sinks) plus the most recent.
 
-    ``reindex_positions=True`` gives the kept tokens positions counted inside the cache, as the StreamingLLM
-    paper does. RoPE attention depends only on query-key distances, so instead of moving the queries the
-    kept keys are re-rotated: slot i of the M kept slots is moved to position ``seen - M + i``, right before
-    the incoming tokens; a query then sees the sinks and the window at exactly the distances StreamingLLM
-    gives them. Stored slots always carry contiguous positions, so the shift of slot ``idx`` out of ``L`` is
-    ``(L - M) + i - idx`` (padding slots are a prefix and drop out of the formula). Build it with the model
-    (``make_cache(model, "streaming", reindex_positions=True)``), which supplies the RoPE frequencies.
+    StreamingLLM's positions counted inside the cache are the cache's ``reindex_positions=True``
+    (``make_cache(model, "streaming", reindex_positions=True)``), which works for every policy.
     """
 
     name = "streaming"
 
-    def __init__(
-        self,
-        mem_size: int = 128,
-        buffer: int = 16,
-        n_sink: int = 4,
-        reindex_positions: bool = False,
-        inv_freq: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, mem_size: int = 128, buffer: int = 16, n_sink: int = 4) -> None:
         super().__init__(mem_size, buffer)
         _check_range("n_sink", n_sink, 0, self.mem_size)
-        if reindex_positions and inv_freq is None:
-            raise ConfigError(
-                "streaming: reindex_positions=True needs the model's RoPE frequencies; build the policy with "
-                "the model: make_cache(model, 'streaming', reindex_positions=True)"
-            )
         self.n_sink = int(n_sink)
-        self.reindex_positions = bool(reindex_positions)
-        self.inv_freq = None if inv_freq is None else inv_freq.detach().float()
-
-    @classmethod
-    def for_model(cls, model, **kwargs) -> StreamingPolicy:
-        if kwargs.get("reindex_positions"):
-            base = getattr(model, "model", model)
-            rotary = getattr(base, "rotary_emb", None)
-            if rotary is None or getattr(rotary, "rope_type", "default") == "dynamic":
-                raise ConfigError("streaming: reindex_positions needs a model with a static RoPE (rotary_emb)")
-            kwargs["inv_freq"] = rotary.inv_freq
-        return cls.build(**kwargs)
 
     def compress(self, keys, values, scores, valid):
         rank = recency_scores(keys[..., 0], valid).masked_fill(first_valid(valid, keys, self.n_sink), POS_INF)
-        idx = topk_in_order(rank, self.mem_size)
-        kept_keys, kept_values, kept_scores = select(keys, values, scores, idx)
-        if self.reindex_positions:
-            length = keys.shape[2]
-            shift = (length - self.mem_size) + torch.arange(self.mem_size, device=idx.device) - idx
-            kept_keys = rotate_by(kept_keys, shift, self.inv_freq.to(keys.device))
-        return kept_keys, kept_values, kept_scores
-
-
-def rotate_by(keys: torch.Tensor, shift: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Move RoPE-rotated ``keys [b, h, n, d]`` forward by ``shift [b, h, n]`` positions (rotations compose)."""
-    angles = shift.float()[..., None] * inv_freq  # [b, h, n, d/2]
-    angles = torch.cat([angles, angles], dim=-1)
-    k = keys.float()
-    half = k.shape[-1] // 2
-    rotated_half = torch.cat([-k[..., half:], k[..., :half]], dim=-1)
-    return (k * angles.cos() + rotated_half * angles.sin()).to(keys.dtype)
+        return select(keys, values, scores, topk_in_order(rank, self.mem_size))
 
 
 @register_policy
@@ -302,7 +257,7 @@ class MeanPoolPolicy(Policy):
 
     def compress(self, keys, values, scores, valid):
         recent = topk_in_order(recency_scores(keys[..., 0], valid), self.mem_size - self.n_merged)
-        k_recent, v_recent, s_recent = select(keys, values, scores, recent)
+        k_recent, v_recent, s_recent, _ = select(keys, values, scores, recent)
         weights = self.merge_weights(valid, keys)
         if valid is not None:  # weight 0 must not meet a non-finite padding slot (0 * nan = nan)
             pad = ~valid[:, None, :, None]
@@ -312,4 +267,7 @@ class MeanPoolPolicy(Policy):
         kept_scores = s_recent
         if scores is not None:  # carried for completeness (no score mode needs them yet)
             kept_scores = torch.cat([torch.einsum("bcl,bhl->bhc", weights, scores.float()), s_recent], dim=-1)
-        return torch.cat([k_merged, k_recent], dim=2), torch.cat([v_merged, v_recent], dim=2), kept_scores
+        middle = (weights.cumsum(-1) < 0.5).sum(-1).clamp(max=keys.shape[2] - 1)  # each group's middle token
+        sources = torch.cat([middle[:, None, :].expand(-1, keys.shape[1], -1), recent], dim=-1)
+        return Folded(torch.cat([k_merged, k_recent], dim=2), torch.cat([v_merged, v_recent], dim=2), kept_scores,
+                      sources)

@@ -1,0 +1,96 @@
+"""Positions inside the cache (StreamingLLM's re-indexing), for every policy on a rotary model.
+
+By default positions stay absolute: a query at token t sees a kept key of token s at distance t - s, as
+with the full cache. Past the length a model was trained on, those distances are ones it never saw. With
+``make_cache(model, policy, reindex_positions=True)`` every compression moves the kept slots next to the
+incoming tokens instead: the n slots a row keeps, in the order of the positions they carry, take the n
+positions right before the next token's. The queries keep their absolute positions; since RoPE attention
+depends only on query-key distances, the kept keys are re-rotated by the model's own rotary embedding
+(and its own ``apply_rotary_pos_emb``, so interleaved conventions follow the family). A merged slot takes
+the position of the token it stands for (:class:`lococo.policies.base.Folded` ``sources``): a LoCoCo
+fused slot its selected top-C token's, a mean-pooled group its middle token's; the tokens mixed into it
+move with it, keeping their offsets to that token.
+
+The cache tracks each slot's position (``[batch, kv_heads, slots]``, on the device, no host copies); this
+module holds the arithmetic: where the next token goes, the positions of incoming tokens, and the moves.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as _llama_apply
+
+from .errors import IncompatibleModelError
+from .models_support import _decoder, _text_config, find_attention, find_decoder_layers
+
+
+class KeyRotation:
+    """Moves RoPE-rotated keys by a number of positions, with the model's own rotary embedding."""
+
+    def __init__(self, model: nn.Module, layer_type: str = "full_attention") -> None:
+        base = _decoder(model)
+        rotary = getattr(base, "rotary_emb", None)
+        if rotary is None:
+            raise IncompatibleModelError(
+                f"{type(model).__name__}: reindex_positions needs the model's rotary embedding (`rotary_emb` on "
+                f"the decoder), which this model does not have; use reindex_positions=False"
+            )
+        if "dynamic" in str(getattr(rotary, "rope_type", "")):
+            raise IncompatibleModelError(
+                "reindex_positions needs a RoPE whose frequencies do not depend on the length read (this model "
+                "uses dynamic NTK scaling); use reindex_positions=False"
+            )
+        self.rotary = rotary
+        params = inspect.signature(rotary.forward).parameters
+        self.kwargs = {"layer_type": layer_type} if "layer_type" in params else {}
+        scaling = getattr(rotary, f"{layer_type}_attention_scaling", getattr(rotary, "attention_scaling", 1.0))
+        self.scaling = float(scaling or 1.0)
+        config = _text_config(model)
+        layers = find_decoder_layers(model, config.num_hidden_layers)
+        found = find_attention(layers[0], 0)
+        apply = getattr(type(found[1]).forward, "__globals__", {}).get("apply_rotary_pos_emb") if found else None
+        self.apply = apply or _llama_apply
+
+    def __call__(self, keys: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """``keys [b, h, n, d]`` rotated forward by ``shift [b, h, n]`` positions (rotations compose)."""
+        b, h, n, d = keys.shape
+        flat = keys.reshape(b * h, 1, n, d)
+        cos, sin = self.rotary(flat, shift.reshape(b * h, n), **self.kwargs)
+        if self.scaling != 1.0:  # the keys already carry the rotary's attention scaling once
+            cos, sin = cos / self.scaling, sin / self.scaling
+        rotated = self.apply(flat, flat, cos.to(flat.device), sin.to(flat.device))[1]
+        return rotated.reshape(b, h, n, d).to(keys.dtype)
+
+
+def next_position(positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """``[b, 1]``: the position of each row's next token, one past its newest stored real token (0 if none).
+
+    Called before a compression, when the newest token is still stored."""
+    if positions.shape[-1] == 0:
+        return positions.new_zeros(positions.shape[0], 1)
+    p = positions[:, 0] if valid is None else positions[:, 0].masked_fill(~valid, -1)
+    return p.amax(-1, keepdim=True) + 1
+
+
+def incoming_positions(anchor: torch.Tensor, heads: int, q: int, valid: torch.Tensor | None) -> torch.Tensor:
+    """Positions ``[b, heads, q]`` of ``q`` incoming tokens that follow a row whose next position is ``anchor``;
+    with padding (``valid [b, q]``) the real tokens are counted, as the model's position ids count them."""
+    if valid is None:
+        steps = torch.arange(q, device=anchor.device).expand(anchor.shape[0], q)
+    else:
+        steps = valid.long().cumsum(-1) - 1
+    return (anchor + steps)[:, None, :].expand(-1, heads, -1).contiguous()
+
+
+def reindexed(keys: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, anchor: torch.Tensor,
+              rotate: KeyRotation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the slots of each row to the positions right before ``anchor [b, 1]``, in the order of the
+    positions they carry (padding slots, ranked first, drop out of the count). Returns (keys, positions)."""
+    n = positions.shape[-1]
+    order_key = positions if valid is None else positions.masked_fill(~valid[:, None, :], -1)
+    rank = order_key.argsort(dim=-1, stable=True).argsort(dim=-1)
+    target = anchor[:, :, None] - n + rank
+    return rotate(keys, target - positions), target
