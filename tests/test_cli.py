@@ -74,7 +74,27 @@ def test_user_error_in_subprocess_has_no_traceback(tmp_path):
 
 def test_demo_rejects_bad_sizes_before_loading(capsys):
     assert cli.main(["demo", "--tokens", "0"]) == 2
-    assert capsys.readouterr().err == "lococo: error: --tokens must be >= 2 and --new-tokens >= 0\n"
+    assert capsys.readouterr().err.startswith("lococo: error: --tokens must be >= 2")
+    assert cli.main(["demo", "--policy", "tova", "magic"]) == 2
+    assert "unknown policy magic" in capsys.readouterr().err
+
+
+def test_demo_compares_policies_side_by_side(reference_model, tmp_path, capsys):
+    """Each policy in its own process on the reference model: one table row each with measured figures, LoCoCo's
+    continuation, the plot; the full cache is left out, with what it would need, past --full-max-mib."""
+    png = tmp_path / "demo.png"
+    argv = ["demo", "--tokens", "400", "--score-tokens", "32", "--mem-size", "64", "--segment-size", "128",
+            "--new-tokens", "8", "--decode-tokens", "2", "--policy", "full", "window", "lococo", "--plot", str(png)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in
+            ("full", "window", "lococo")}
+    assert set(rows) == {"full", "window", "lococo"}
+    assert rows["full"].split()[1] == "400" and int(rows["window"].split()[1]) <= 64 + 128  # M + one segment
+    assert "untrained heads" in rows["lococo"]  # no shipped heads for M = 64
+    assert "Continuation by lococo" in out and png.stat().st_size > 0
+    assert cli.main([*argv[:-2], "--full-max-mib", "0.01"]) == 0
+    assert "needs" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("full"))
 
 
 def test_add_model_args_defaults():

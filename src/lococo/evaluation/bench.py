@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -79,30 +80,92 @@ def run_cell(cell: dict) -> dict:
 
         load_extended(model, cell["extension"])
     policy, mem_size, segment_size = cell["policy"], cell["mem_size"], cell["segment_size"]
-    ids = long_text_ids(tokenizer, cell["length"])
+    score_tokens = cell.get("score_tokens", 0)
+    if cell.get("text_file"):
+        ids = tokenizer(Path(cell["text_file"]).read_text(), return_tensors="pt").input_ids
+        ids = ids[:, : cell["length"] + score_tokens]
+    else:
+        ids = long_text_ids(tokenizer, cell["length"] + score_tokens)
     with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads") or cell.get("extension"),
-                       seed=cell.get("seed", 0)) as new_cache:
-        measured = _measure(model, new_cache(), ids, segment_size, cell["decode_tokens"])
+                       seed=cell.get("seed", 0), reindex_positions=cell.get("positions") == "reindexed") as new_cache:
+        cache = new_cache()
+        continued: dict[str, str] = {}
+        if cell.get("continuation"):
+            def before_decode(c):
+                continued["continuation"] = _continue(model, tokenizer, c, ids, cell["continuation"])
+        else:
+            before_decode = None
+        measured = _measure(model, cache, ids[:, : cell["length"]], segment_size, cell["decode_tokens"],
+                            ids[:, cell["length"] :], before_decode)
+        measured.update(continued)
+        if getattr(cache.policy, "learned", False):
+            measured["heads"] = _heads_source(model, cell.get("heads"))
     return {"policy": policy, "mem_size": mem_size if policy_class(policy).uses_mem_size else None,
             "segment_size": segment_size,
             "length": cell["length"], **measured}
 
 
-def _measure(model, cache, ids: torch.Tensor, segment_size: int, decode_tokens: int) -> dict:
+def _heads_source(model, heads: str | None) -> str:
+    """Which LoCoCo heads a cell read with: the folder asked for, the shipped ones, or fresh (untrained)."""
+    from ..compressor.heads_io import shipped_heads
+
+    if heads not in (None, "auto", "fresh"):
+        return str(heads)
+    from ..compressor.heads import get_heads
+
+    shipped = shipped_heads(model, get_heads(model).config.mem_size) if heads == "auto" else None
+    return f"shipped ({shipped.name})" if shipped is not None else "untrained"
+
+
+def _continue(model, tokenizer, cache, ids: torch.Tensor, settings: dict) -> str:
+    """Sample a continuation of ``ids`` from a fork of ``cache`` (which has read all but its last token)."""
+    fork = cache.fork()
+    torch.manual_seed(settings.get("seed", 0))
+    kwargs = {k: v for k, v in settings.items() if k != "seed"}
+    with torch.no_grad():
+        out = model.generate(ids, past_key_values=fork, do_sample=True, pad_token_id=tokenizer.pad_token_id,
+                             **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def _score(model, cache, logits: torch.Tensor, following: torch.Tensor) -> float:
+    """Mean loss (nats) of the ``following [1, K]`` tokens after what ``cache`` has read (whose last logits are
+    ``logits``): the last one is left unread, so that generation can continue from it."""
+    import torch.nn.functional as F
+
+    losses = [F.cross_entropy(logits.float(), following[:, 0], reduction="sum")]
+    if following.shape[1] > 1:
+        out = model(input_ids=following[:, :-1], past_key_values=cache, use_cache=True)
+        losses.append(F.cross_entropy(out.logits[0].float(), following[0, 1:], reduction="sum"))
+    return float(sum(losses) / following.shape[1])
+
+
+def _measure(model, cache, ids: torch.Tensor, segment_size: int, decode_tokens: int,
+             following: torch.Tensor | None = None, before_decode=None) -> dict:
     """Read ``ids`` through ``cache`` in segments, then decode greedily; time and memory of both.
 
+    With ``following`` tokens, their loss is measured between the two (``score_nll``: the quality of what
+    the cache kept), ``before_decode(cache)`` is called when the cache has read all of them but the last
+    (the sampled continuation of the demo), and decoding starts after them.
     A short warm-up forward first pages in every weight (they are memory-mapped), so the RSS growth
     measured afterwards is the cache and the activations, not the model.
     """
     with torch.no_grad():
         model(input_ids=ids[:, :16], use_cache=False)
     rss_before = psutil.Process().memory_info().rss
+    scored = {}
     with torch.no_grad(), RssSampler() as sampler:
         t0 = time.perf_counter()
         seg_times, logits = segment_times(model, ids, cache, segment_size)
         prefill_s = time.perf_counter() - t0
         stored = cache.stored_length()
         cache_bytes = cache.cache_bytes()
+        if following is not None and following.shape[1]:
+            nll = _score(model, cache, logits, following)
+            scored = {"score_tokens": following.shape[1], "score_nll": nll, "score_ppl": math.exp(nll)}
+            if before_decode is not None:
+                before_decode(cache)
+            logits = model(input_ids=following[:, -1:], past_key_values=cache, use_cache=True).logits[:, -1]
         token = logits.argmax(-1, keepdim=True)
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
@@ -122,10 +185,12 @@ def _measure(model, cache, ids: torch.Tensor, segment_size: int, decode_tokens: 
         "stored_slots": stored,
         "full_cache_bytes_equivalent": int(bytes_per_slot * ids.shape[1]),
         "threads": torch.get_num_threads(),
+        **scored,
     }
 
 
-def _run_in_subprocess(cell: dict) -> dict:
+def run_in_subprocess(cell: dict) -> dict:
+    """:func:`run_cell` in a fresh Python process (its peak RSS is its own); the record it returns."""
     cmd = [sys.executable, "-m", "lococo.evaluation.bench", "--cell", json.dumps(cell)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     for line in proc.stdout.splitlines():
@@ -143,7 +208,7 @@ def run_bench_grid(cells: list[dict], output: Path, meta: dict, common: dict) ->
     done = {cell_key(r) for r in records}
     todo = [c for c in cells if cell_key(c) not in done]
     for cell in tqdm(todo, desc="bench", unit="cell"):
-        records.append(_run_in_subprocess({**cell, **common}))
+        records.append(run_in_subprocess({**cell, **common}))
         write_report(output, meta, records, plot=plot)
     return records
 
