@@ -12,6 +12,7 @@
 #                                             # CPU with AVX512-BF16, or ~50x longer)
 #   bash reports/run_reports.sh positions     # absolute vs re-indexed positions at 32K, 4 documents, M = 128  ~2 h
 #                                             # (positions-a and positions-b: the two halves, one per core)
+#   bash reports/run_reports.sh positions-decode  # decode fidelity after 16K and 32K tokens, both schemes, 2 docs  ~50 min
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
 #
@@ -93,6 +94,11 @@ if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-a ]]; then
 fi
 if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-b ]]; then
     lococo eval ppl --policy snapkv lococo "${POSITIONS[@]}" --output reports/positions/ppl_32k_b.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == positions-decode ]]; then
+    lococo eval decode --length 16384 32768 --decode-tokens 256 --policy streaming tova snapkv lococo --mem-size 128 \
+        --heads shipped --num-docs 2 --positions absolute reindexed "${RUN[@]}" --output reports/positions/decode.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == bench ]]; then

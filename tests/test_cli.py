@@ -90,7 +90,8 @@ def test_demo_compares_policies_side_by_side(reference_model, tmp_path, capsys):
     rows = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in
             ("full", "window", "lococo")}
     assert set(rows) == {"full", "window", "lococo"}
-    assert rows["full"].split()[1] == "400" and int(rows["window"].split()[1]) <= 64 + 128  # M + one segment
+    assert rows["full"].split()[1:3] == ["-", "400"] and int(rows["window"].split()[2]) <= 64 + 128  # M + segment
+    assert rows["window"].split()[1] == "re-indexed"  # the heuristics' default positions on a rotary model
     assert "untrained heads" in rows["lococo"]  # no shipped heads for M = 64
     assert "Continuation by lococo" in out and png.stat().st_size > 0
     assert cli.main([*argv[:-2], "--full-max-mib", "0.01"]) == 0

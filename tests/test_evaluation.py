@@ -90,9 +90,14 @@ def test_loss_by_bucket_and_compressing_policy(tiny_llama):
     assert bucket_edges(600) == [0, 512, 600]
     assert bucket_edges(4096) == [0, 512, 1024, 2048, 4096]
     with policy_caches(tiny_llama, "window", 16, 64) as new_cache:
-        result = perplexity(tiny_llama, [random_ids(600)], new_cache, segment_size=64, progress=False)
+        result = perplexity(tiny_llama, [random_ids(600, seed=s) for s in range(2)], new_cache, segment_size=64,
+                            progress=False)
     assert list(result["loss_by_bucket"]) == ["0-512", "512-600"]
-    assert math.isfinite(result["ppl"]) and result["tokens"] == 599
+    assert math.isfinite(result["ppl"]) and result["tokens"] == 2 * 599
+    per_doc = result["doc_loss_by_bucket"]  # each document's own buckets (equal lengths: their mean is the total)
+    assert len(per_doc) == 2 and per_doc[0] != per_doc[1]
+    for label, loss in result["loss_by_bucket"].items():
+        assert loss == pytest.approx((per_doc[0][label] + per_doc[1][label]) / 2)
 
 
 def test_eval_sequences_truncate_and_concatenate():

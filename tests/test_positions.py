@@ -62,7 +62,8 @@ def test_kept_slots_sit_right_before_the_next_token_and_padding_changes_nothing(
             valid = torch.ones(layer.stored, dtype=torch.bool) if layer.valid is None else layer.valid[i]
             held = layer.positions[i][:, valid].sort(dim=-1).values  # [kv_heads, slots]
             assert torch.equal(held, torch.arange(n - held.shape[-1], n).expand_as(held)), (policy, i)
-    plain = lococo.prefill(tiny_llama, rows[0], cache=_cache(tiny_llama, policy), segment_size=SEG)
+    plain = lococo.prefill(tiny_llama, rows[0], cache=_cache(tiny_llama, policy, reindex_positions=False),
+                           segment_size=SEG)
     for i, row in enumerate(rows):
         alone = lococo.prefill(tiny_llama, row, cache=_cache(tiny_llama, policy, reindex_positions=True),
                                segment_size=SEG)
@@ -116,3 +117,16 @@ def test_full_cache_ignores_reindexing():
     model = build_model(tiny_llama_config())
     cache = lococo.make_cache(model, "full", reindex_positions=True)
     assert not cache.reindex_positions
+
+
+@pytest.mark.parametrize("default", [False, True])
+def test_policy_default_applies_where_the_model_allows_it(monkeypatch, tiny_llama, default):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lococo.policies.baselines import TOVAPolicy
+
+    monkeypatch.setattr(TOVAPolicy, "reindex_default", default)
+    assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM).reindex_positions is default
+    assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM, reindex_positions=False).reindex_positions is False
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=256)).eval()
+    assert lococo.make_cache(gpt2, "tova", mem_size=MEM).reindex_positions is False  # learned positions: absolute

@@ -386,8 +386,8 @@ def _position_guard(limit: int, model_type: str, table: str, module: nn.Module, 
         raise IncompatibleModelError(
             f"this {model_type} model has {table} for {limit} positions (its config's max_position_embeddings) "
             f"and this forward would read token {reach}: lococo's cache holds any length, but the model cannot "
-            f"embed positions past its table. Read at most {limit} tokens with it (re-indexing positions so that "
-            "such models read further is issue #14)"
+            f"embed positions past its table. Read at most {limit} tokens with it (reindex_positions moves rotary "
+            "keys and cannot lift a position table's limit)"
         )
     return None
 

@@ -45,7 +45,7 @@ What is checked:
 - **positions**: rotary (full or partial, NoPE layers included) and no positional encoding work at any
   length, since stored keys carry their rotation and positions stay absolute. Learned absolute positions
   (GPT-2's ``wpe``) and rotary tables of fixed size (GPT-J's ``embed_positions``) work within the table; past
-  it a clear error is raised at the forward (see :mod:`lococo.attention`; re-indexing positions is issue #14).
+  it a clear error is raised at the forward (see :mod:`lococo.attention`; ``reindex_positions`` moves rotary keys only).
   ALiBi: BLOOM and Falcon build the biases from the 2-D attention mask, one column per token seen, which a
   compressed cache no longer matches (``full`` only); MPT counts them back from the newest key slot, which is
   each key's true distance only while the cache keeps the most recent tokens in order (``window`` and
@@ -505,19 +505,35 @@ def attention_layout(model: nn.Module, needs: str = "scores") -> AttentionLayout
     return layout
 
 
+def reindex_refusal(model: nn.Module, layout: AttentionLayout | None = None) -> str | None:
+    """Why ``reindex_positions`` cannot run on ``model`` (it re-rotates stored keys with the model's own RoPE), or
+    None if it can: full rotary keys stored as keys in every compressed layer, and a rotary embedding on the
+    decoder whose frequencies do not depend on the length read."""
+    layout = layout or _inspect(model)
+    rope = getattr(_text_config(model), "no_rope_layers", None) or [1] * layout.num_layers
+    nope = [i for i in layout.compressed_layers if i < len(rope) and not rope[i]]
+    if layout.kv_layout != "standard" or layout.positions != "rotary" or nope:
+        where = f", NoPE layers {nope}" if nope else ""
+        return (f"reindex_positions re-rotates the stored keys, which needs full rotary keys stored as keys in every "
+                f"compressed layer (this model: {layout.positions} positions, {layout.kv_layout} keys and "
+                f"values{where}); use reindex_positions=False")
+    rotary = getattr(_decoder(model), "rotary_emb", None)
+    if rotary is None:
+        return ("reindex_positions needs the model's rotary embedding (`rotary_emb` on the decoder), which this "
+                "model does not have; use reindex_positions=False")
+    if "dynamic" in str(getattr(rotary, "rope_type", "")):
+        return ("reindex_positions needs a RoPE whose frequencies do not depend on the length read (this model uses "
+                "dynamic NTK scaling); use reindex_positions=False")
+    return None
+
+
 def layout_for_policy(model: nn.Module, policy, reindex_positions: bool = False) -> AttentionLayout:
     """The layout of ``model`` if ``policy`` (with ``reindex_positions``) can run on it, else
     :class:`IncompatibleModelError` naming the reason and the policies that do work on it."""
     layout = _inspect(model)
     reason = layout.refusal(policy_requirement(policy))
     if reason is None and reindex_positions and policy.compresses:
-        rope = getattr(_text_config(model), "no_rope_layers", None) or [1] * layout.num_layers
-        nope = [i for i in layout.compressed_layers if i < len(rope) and not rope[i]]
-        if layout.kv_layout != "standard" or layout.positions != "rotary" or nope:
-            where = f", NoPE layers {nope}" if nope else ""
-            reason = (f"reindex_positions re-rotates the stored keys, which needs full rotary keys stored as keys "
-                      f"in every compressed layer (this model: {layout.positions} positions, {layout.kv_layout} "
-                      f"keys and values{where}); use reindex_positions=False")
+        reason = reindex_refusal(model, layout)
     if reason is not None:
         raise _refuse(model, reason, layout, policy=policy.name)
     return layout

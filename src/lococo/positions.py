@@ -24,32 +24,33 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as _llama_apply
 
 from .errors import IncompatibleModelError
-from .models_support import _decoder, _text_config, find_attention, find_decoder_layers
+from .models_support import _decoder, _text_config, find_attention, find_decoder_layers, reindex_refusal
+
+
+def resolve_reindex(model: nn.Module, policy, requested: bool | None) -> bool:
+    """Whether a cache of ``policy`` on ``model`` re-indexes positions: ``requested`` if given, else the
+    policy's default (``reindex_default``) where the model allows it. A policy that keeps everything never does."""
+    if not getattr(policy, "compresses", True):
+        return False
+    if requested is None:
+        return bool(getattr(policy, "reindex_default", False)) and reindex_refusal(model) is None
+    return bool(requested)
 
 
 class KeyRotation:
     """Moves RoPE-rotated keys by a number of positions, with the model's own rotary embedding."""
 
     def __init__(self, model: nn.Module, layer_type: str = "full_attention") -> None:
-        base = _decoder(model)
-        rotary = getattr(base, "rotary_emb", None)
-        if rotary is None:
-            raise IncompatibleModelError(
-                f"{type(model).__name__}: reindex_positions needs the model's rotary embedding (`rotary_emb` on "
-                f"the decoder), which this model does not have; use reindex_positions=False"
-            )
-        if "dynamic" in str(getattr(rotary, "rope_type", "")):
-            raise IncompatibleModelError(
-                "reindex_positions needs a RoPE whose frequencies do not depend on the length read (this model "
-                "uses dynamic NTK scaling); use reindex_positions=False"
-            )
+        reason = reindex_refusal(model)
+        if reason is not None:
+            raise IncompatibleModelError(f"{type(model).__name__}: {reason}")
+        rotary = _decoder(model).rotary_emb
         self.rotary = rotary
         params = inspect.signature(rotary.forward).parameters
         self.kwargs = {"layer_type": layer_type} if "layer_type" in params else {}
         scaling = getattr(rotary, f"{layer_type}_attention_scaling", getattr(rotary, "attention_scaling", 1.0))
         self.scaling = float(scaling or 1.0)
-        config = _text_config(model)
-        layers = find_decoder_layers(model, config.num_hidden_layers)
+        layers = find_decoder_layers(model, _text_config(model).num_hidden_layers)
         found = find_attention(layers[0], 0)
         apply = getattr(type(found[1]).forward, "__globals__", {}).get("apply_rotary_pos_emb") if found else None
         self.apply = apply or _llama_apply

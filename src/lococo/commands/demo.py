@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pol.add_argument("--segment-size", type=int, default=512, help="prefill segment length B (default 512)")
     pol.add_argument("--heads", default=None, help="trained LoCoCo heads (default: the ones shipped for the reference "
                      "model and this M, else untrained heads, said in the table)")
-    pol.add_argument("--positions", choices=("absolute", "reindexed"), default="absolute",
-                     help="key positions for every compressing policy (see lococo.positions; default absolute)")
+    pol.add_argument("--positions", choices=("absolute", "reindexed"), default=None,
+                     help="key positions for every compressing policy (see lococo.positions; default: each "
+                     "policy's default)")
     pol.add_argument("--full-max-mib", type=float, default=1024.0,
                      help="leave the full cache out when it would need more than this (default 1024 MiB)")
     out = parser.add_argument_group("output")
@@ -102,13 +103,15 @@ def _cells(args: argparse.Namespace, threads: int) -> list[dict]:
 
 def _row(r: dict) -> list[str]:
     label = r["policy"] + (f" ({r['heads']} heads)" if r.get("heads") else "")
+    positions = {"reindexed": "re-indexed", "absolute": "absolute"}.get(r.get("positions"), "-")
     if r.get("skipped"):
-        return [label, f"{r['length']:,}", f"needs {r['cache_mib']:.0f}", "-", "-", "-", r["skipped"]]
-    return [label, f"{r['stored_slots']:,}", f"{r['cache_bytes'] / 2**20:.1f}", f"{r['peak_rss_mb']:.0f}",
+        return [label, "-", f"{r['length']:,}", f"needs {r['cache_mib']:.0f}", "-", "-", "-", r["skipped"]]
+    return [label, positions, f"{r['stored_slots']:,}", f"{r['cache_bytes'] / 2**20:.1f}", f"{r['peak_rss_mb']:.0f}",
             f"{r['prefill_tokens_per_s']:.0f}", f"{r['decode_tokens_per_s']:.1f}", f"{r['score_ppl']:.2f}"]
 
 
-HEADER = ["policy", "slots/layer", "cache MiB", "peak RSS MiB", "read tok/s", "decode tok/s", "ppl of next"]
+HEADER = ["policy", "positions", "slots/layer", "cache MiB", "peak RSS MiB", "read tok/s", "decode tok/s",
+          "ppl of next"]
 
 
 def _table(records: list[dict]) -> str:
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
     text = f"{args.text.name}" if args.text else "held-out essays and plays"
     print(f"\n{args.tokens:,} tokens of {text} read in segments of {args.segment_size}, then the next "
           f"{args.score_tokens} scored (their perplexity: the quality each cache kept; one text, so see the reports "
-          f"for intervals), then {args.decode_tokens} decoded. Positions: {args.positions}.\n")
+          f"for intervals), then {args.decode_tokens} decoded.\n")
     print(_table(ordered))
     teller = records[_storyteller(args.policy)]
     if teller.get("continuation") is not None:

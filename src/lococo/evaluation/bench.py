@@ -87,7 +87,9 @@ def run_cell(cell: dict) -> dict:
     else:
         ids = long_text_ids(tokenizer, cell["length"] + score_tokens)
     with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads") or cell.get("extension"),
-                       seed=cell.get("seed", 0), reindex_positions=cell.get("positions") == "reindexed") as new_cache:
+                       seed=cell.get("seed", 0),
+                       reindex_positions=None if cell.get("positions") is None else cell["positions"] == "reindexed",
+                       ) as new_cache:
         cache = new_cache()
         continued: dict[str, str] = {}
         if cell.get("continuation"):
@@ -98,6 +100,8 @@ def run_cell(cell: dict) -> dict:
         measured = _measure(model, cache, ids[:, : cell["length"]], segment_size, cell["decode_tokens"],
                             ids[:, cell["length"] :], before_decode)
         measured.update(continued)
+        if cache.policy.compresses:
+            measured["positions"] = new_cache.positions
         if getattr(cache.policy, "learned", False):
             measured["heads"] = _heads_source(model, cell.get("heads"))
     return {"policy": policy, "mem_size": mem_size if policy_class(policy).uses_mem_size else None,

@@ -48,7 +48,8 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     grid.add_argument(
         "--positions", nargs="+", choices=POSITIONS, default=None,
         help="key positions: absolute (as the full cache) and/or reindexed (kept slots moved next to the incoming "
-        "tokens, StreamingLLM's scheme, for every policy); several values add an axis (default absolute)",
+        "tokens, StreamingLLM's scheme, for every policy; rotary models); given, they are an axis of the grid "
+        "(default: each policy's default, see docs/policies.md)",
     )
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -198,7 +199,7 @@ def _run_grid(
     from .grid import expand_cells, run_grid
 
     policies = _runnable(_policies(args), model, explicit=bool(args.policy), positions=args.positions)
-    if args.positions and args.positions != ["absolute"]:  # reports without the axis are absolute
+    if args.positions:  # without it, each policy's default (records still say which)
         extra_axes = {"positions": list(dict.fromkeys(args.positions)), **(extra_axes or {})}
     cells = expand_cells(policies, args.mem_size, args.length, args.segment_size, extra_axes)
     records = run_grid(

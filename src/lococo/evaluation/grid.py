@@ -92,10 +92,11 @@ def policy_caches(
     *,
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
-    reindex_positions: bool = False,
+    reindex_positions: bool | None = None,
 ) -> Iterator[CacheFactory]:
     """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it (with
-    ``reindex_positions``, :func:`lococo.make_cache`).
+    ``reindex_positions``, :func:`lococo.make_cache`; None: the policy's default). The function's ``positions``
+    attribute says which scheme its caches use ("absolute" or "reindexed").
 
     The policy takes what it uses of ``mem_size``, ``heads_dir`` (trained heads: one folder or several, one
     per M, or ``"shipped"``), ``segment_size`` and ``seed`` (:func:`lococo.policies.policy_settings`); a
@@ -105,6 +106,7 @@ def policy_caches(
     from ..compressor.heads import ATTR, detach, has_heads
     from ..generation import make_cache
     from ..policies import make_policy, policy_settings
+    from ..positions import resolve_reindex
 
     if policy_class(policy).uses_mem_size and mem_size is None:
         raise ConfigError(f"policy {policy!r} needs a mem_size")
@@ -112,7 +114,13 @@ def policy_caches(
     try:
         bound = make_policy(policy, model=model, **policy_settings(
             policy, mem_size=mem_size, heads=heads_dir or "fresh", segment_size=segment_size, seed=seed))
-        yield lambda: make_cache(model, bound, reindex_positions=reindex_positions)
+        reindex = resolve_reindex(model, bound, reindex_positions)
+
+        def new_cache() -> CompressedCache:
+            return make_cache(model, bound, reindex_positions=reindex)
+
+        new_cache.positions = "reindexed" if reindex else "absolute"
+        yield new_cache
     finally:
         if has_heads(model):
             detach(model)
@@ -156,10 +164,12 @@ def run_grid(
         start = time.perf_counter()
         with policy_caches(
             model, cell["policy"], cell["mem_size"], cell["segment_size"], heads_dir=heads_dir, seed=seed,
-            reindex_positions=cell.get("positions") == "reindexed",
+            reindex_positions=None if "positions" not in cell else cell["positions"] == "reindexed",
         ) as new_cache:
             metrics = evaluate(cell, new_cache)
-        records.append({**cell, **metrics, "seconds": round(time.perf_counter() - start, 3)})
+        scheme = {} if "positions" in cell or not policy_class(cell["policy"]).compresses else {
+            "positions": new_cache.positions}
+        records.append({**cell, **scheme, **metrics, "seconds": round(time.perf_counter() - start, 3)})
         write_report(output, meta, records, plot=plot, summary=summary, table=table)
         bar.update(1)
     bar.close()

@@ -140,7 +140,8 @@ def perplexity(
     """``ppl``, mean ``nll``, scored ``tokens``, ``docs`` and ``loss_by_bucket`` over ``sequences``.
 
     Each sequence is read with a fresh cache from ``new_cache()``. Buckets are over the position of the
-    predicted token in its sequence. ``groups`` (the document of each sequence, from
+    predicted token in its sequence; ``doc_loss_by_bucket`` has each sequence's own (paired comparisons per
+    bucket). ``groups`` (the document of each sequence, from
     :func:`document_windows`) makes the interval resample documents; it is kept as ``doc_group``.
     """
     if not sequences:
@@ -150,14 +151,18 @@ def perplexity(
     sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
     counts = torch.zeros(len(edges) - 1, dtype=torch.float64)
     total_nll, total_tokens = 0.0, 0
-    doc_nll = []
+    doc_nll, doc_buckets = [], []
     for ids in tqdm(sequences, desc="documents", unit="doc", disable=not progress, leave=False):
         losses = -score_tokens(model, ids, new_cache(), segment_size, progress=progress).logprobs.double()
         doc_nll.append(float(losses.mean()))
         positions = torch.arange(1, ids.shape[1])
         bucket = torch.bucketize(positions, torch.tensor(edges[1:-1]), right=True)
-        sums.index_add_(0, bucket, losses)
-        counts.index_add_(0, bucket, torch.ones_like(losses))
+        doc_sums = torch.zeros_like(sums).index_add_(0, bucket, losses)
+        doc_counts = torch.zeros_like(counts).index_add_(0, bucket, torch.ones_like(losses))
+        sums += doc_sums
+        counts += doc_counts
+        doc_buckets.append({bucket_label(edges[i], edges[i + 1]): float(doc_sums[i] / doc_counts[i])
+                            for i in range(len(sums)) if doc_counts[i] > 0})
         total_nll += float(losses.sum())
         total_tokens += losses.numel()
     nll = total_nll / total_tokens
@@ -174,6 +179,7 @@ def perplexity(
         "docs": len(sequences),
         "loss_by_bucket": by_bucket,
         "doc_nll": doc_nll,
+        "doc_loss_by_bucket": doc_buckets,
         **grouping_fields(groups),
     }
 

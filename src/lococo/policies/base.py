@@ -52,6 +52,10 @@ class Policy:
             exactly (:mod:`lococo.models_support`).
         stateless: False if compressions draw on state shared by every cache of the policy (``random``'s
             generator): a cache forked after some compressions then differs from one read from scratch.
+        reindex_default: whether caches of the policy re-index key positions by default (``make_cache``'s
+            ``reindex_positions=None``) on models that allow it (:mod:`lococo.positions`). True for the
+            heuristics: kept tokens at absolute distances past the model's context cost StreamingLLM and SnapKV
+            2.0 and 1.3 nats per token at 32K on the reference model (reports/positions/positions.md).
 
     Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
     that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
@@ -65,6 +69,7 @@ class Policy:
     learned: ClassVar[bool] = False
     contiguous: ClassVar[bool] = False
     stateless: ClassVar[bool] = True
+    reindex_default: ClassVar[bool] = True
     score_window: int | None = None
 
     @classmethod

@@ -84,8 +84,8 @@ class WindowPolicy(Policy):
 class StreamingPolicy(Policy):
     """StreamingLLM: the first ``n_sink`` real tokens of each row (attention sinks) plus the most recent.
 
-    StreamingLLM's positions counted inside the cache are the cache's ``reindex_positions=True``
-    (``make_cache(model, "streaming", reindex_positions=True)``), which works for every policy.
+    StreamingLLM's positions counted inside the cache are the cache's ``reindex_positions=True``, which works
+    for every policy and is the default of every heuristic on a rotary model.
     """
 
     name = "streaming"
