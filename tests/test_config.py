@@ -35,6 +35,7 @@ def test_json_round_trip(mem, rho, kernel, mode):
         (dict(local_window=100, mem_size=128, hh_keep_rate=0.5), "local_window"),
         (dict(activation="tanh"), "activation"),
         (dict(segment_size=2.5), "integer"),
+        (dict(positions="clamped"), "positions"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, words):

@@ -184,8 +184,31 @@ def test_kl_is_zero_while_nothing_is_compressed_and_trains_once_it_is(tmp_path):
 @pytest.mark.parametrize(
     "overrides, words",
     [(dict(objective="mse"), "objective"), (dict(objective="kl", extend_to=256), "extend-to"),
-     (dict(decode_tokens=64), "decode_tokens")],
+     (dict(decode_tokens=64), "decode_tokens"), (dict(positions="clamped"), "positions")],
 )
 def test_bad_signals_are_config_errors(tmp_path, overrides, words):
     with pytest.raises(ConfigError, match=words):
         tiny_config(tmp_path, **overrides).validate()
+
+
+def test_heads_trained_with_reindexed_positions_read_that_way_by_default(tmp_path):
+    model = build_model(tiny_llama_config())
+    cfg = tiny_config(tmp_path, positions="reindexed", max_steps=2)
+    final = train_heads(model, tiny_rows(), cfg)
+    assert json.loads((Path(final) / "lococo_config.json").read_text())["config"]["positions"] == "reindexed"
+    fresh = build_model(tiny_llama_config())
+    lococo.load_heads(fresh, final)
+    assert lococo.make_cache(fresh, "lococo").reindex_positions  # the scheme the heads were trained with
+    assert not lococo.make_cache(fresh, "lococo", reindex_positions=False).reindex_positions
+    absolute = train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "abs", max_steps=2))
+    other = build_model(tiny_llama_config())
+    lococo.load_heads(other, absolute)
+    assert not lococo.make_cache(other, "lococo").reindex_positions
+
+
+def test_reindexed_training_is_refused_where_positions_are_learned(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=256)).eval()
+    with pytest.raises(ConfigError, match="reindexed"):
+        train_heads(gpt2, tiny_rows(), tiny_config(tmp_path, positions="reindexed", max_steps=1))

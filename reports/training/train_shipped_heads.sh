@@ -5,6 +5,8 @@
 #   bash reports/training/train_shipped_heads.sh m512     # ~60 min on 1 CPU thread (bf16)
 #   bash reports/training/train_shipped_heads.sh ship m128   # copy the final heads into the package,
 #   bash reports/training/train_shipped_heads.sh ship m512   # with the training log and curve
+#   bash reports/training/train_shipped_heads.sh m128r       # M = 128 re-trained with re-indexed positions
+#                                                            # (from the shipped heads; fp32, ~70 min on 1 thread)
 #
 # Both runs resume from their last checkpoint when rerun (--resume). They ran side by side, one thread each.
 # Training split of the bundled corpora only; sequences of 16 x 512 = 8K tokens (as long as the evaluation);
@@ -21,6 +23,13 @@ case "${1:-}" in
     m128)
         lococo train --mem-size 128 --max-steps 60 --init-heads reports/training/m128_partial/heads_step10 \
             "${COMMON[@]}" --output-dir runs/m128b ;;
+    m128r)
+        # Fine-tunes the shipped M = 128 heads with positions re-indexed inside the cache (the scheme every
+        # heuristic uses by default): the one change from the m128 run, so its effect is the scheme's. fp32:
+        # this CPU has no bf16 units.
+        lococo train --mem-size 128 --positions reindexed --max-steps 36 \
+            --init-heads src/lococo/compressor/pretrained/smollm2-135m-m128 \
+            "${COMMON[@]}" --dtype float32 --output-dir runs/m128r ;;
     m512)
         # Started with --max-steps 40 and restarted from its step-5 checkpoint with --max-steps 30, to leave
         # CPU time for the context-extension run; the learning rate then decays to 0 at step 30.
@@ -29,7 +38,8 @@ case "${1:-}" in
         case "${2:-}" in
             m128) src=runs/m128b ;;
             m512) src=runs/m512 ;;
-            *) echo "usage: $0 ship m128|m512" >&2; exit 2 ;;
+            m128r) src=runs/m128r ;;
+            *) echo "usage: $0 ship m128|m512|m128r" >&2; exit 2 ;;
         esac
         dst="src/lococo/compressor/pretrained/smollm2-135m-$2"; log="reports/training/$2"
         rm -rf "$dst"; mkdir -p "$(dirname "$dst")" "$log"; cp -r "$src/heads" "$dst"
@@ -37,5 +47,5 @@ case "${1:-}" in
         python -c "import sys; from lococo.training.curves import plot_metrics as p; p(sys.argv[1], sys.argv[2])" \
             "$log/metrics.jsonl" "$log/curve.png" ;;
     *)
-        echo "usage: $0 m128|m512|ship m128|m512" >&2; exit 2 ;;
+        echo "usage: $0 m128|m512|m128r|ship m128|m512|m128r" >&2; exit 2 ;;
 esac

@@ -17,6 +17,7 @@ from ..errors import ConfigError
 SCORE_MODES = ("last", "accumulated")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
+POSITION_SCHEMES = ("absolute", "reindexed")
 LEGACY_FIELDS = ("clamp_lambda", "extra")
 """Fields of lococo 0.1 configs that are read and ignored (lambda is now in [0, 1] by construction; ``extra``
 was never read)."""
@@ -41,6 +42,10 @@ class LoCoCoConfig:
         local_window: newest tokens always kept exact (part of the heavy hitters).
         score_mode: "last" (scores of the latest forward, the paper's default) or "accumulated" (H2O-style sums).
         head_dtype: dtype of the head parameters ("auto" = the model's dtype).
+        positions: the key positions the heads are trained with, and so the default of their caches
+            (``make_cache(reindex_positions=None)``): "absolute" (tokens seen) or "reindexed" (counted inside
+            the cache after every compression, :mod:`lococo.positions`). Heads trained one way read worse the
+            other way (docs/policies.md).
     """
 
     mem_size: int = 128
@@ -55,6 +60,7 @@ class LoCoCoConfig:
     local_window: int = 0
     score_mode: str = "last"
     head_dtype: str = "float32"
+    positions: str = "absolute"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +102,7 @@ class LoCoCoConfig:
         need(self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         need(self.score_mode in SCORE_MODES, f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         need(self.head_dtype in HEAD_DTYPES, f"head_dtype must be one of {HEAD_DTYPES}, got {self.head_dtype!r}")
+        need(self.positions in POSITION_SCHEMES, f"positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
         need(
             isinstance(self.lambda_init, (int, float)) and not isinstance(self.lambda_init, bool)
             and 0.0 <= float(self.lambda_init) <= 1.0,

@@ -83,10 +83,6 @@ class LoCoCoPolicy(Policy):
     score_mode = "last"
     needs_model = True
     learned = True
-    # Heads are trained with absolute positions (the training loop's caches take this default); re-indexed,
-    # the shipped heads lose 0.16 nats per token at 32K (reports/positions/positions.md).
-    reindex_default = False
-
     def __init__(self, heads: LoCoCoHeads, layer_idx: int | None = None) -> None:
         config = heads.config
         super().__init__(config.mem_size, config.buffer)
@@ -95,6 +91,13 @@ class LoCoCoPolicy(Policy):
         self.n_heavy = config.n_heavy
         self.local_window = config.local_window
         self.score_mode = config.score_mode
+
+    @property
+    def reindex_default(self) -> bool:  # type: ignore[override]
+        """The positions the heads were trained with (``LoCoCoConfig.positions``): heads read best that way
+        (re-indexed, heads trained with absolute positions lose 0.16 nats per token at 32K,
+        reports/positions/positions.md)."""
+        return self.heads.config.positions == "reindexed"
 
     @classmethod
     def for_model(

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..compressor.config import POSITION_SCHEMES
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -27,6 +28,8 @@ class TrainConfig:
     ``decode_tokens``: the last tokens of each training sequence are read one at a time, through the
     decoding path (buffer-sized compressions scored by one query), as ``generate`` reads them; their mean
     loss is one more learning unit.
+    ``positions``: the key positions the heads train with ("absolute" or "reindexed", as
+    ``LoCoCoConfig.positions``); written into the heads' config, so their caches take the same scheme.
     """
 
     output_dir: str = "runs/heads"
@@ -37,6 +40,7 @@ class TrainConfig:
     kernel_size: int = 21
     buffer: int = 16
     lambda_init: float = 0.5
+    positions: str = "absolute"
     tbptt: int = 1
     objective: str = "lm"
     decode_tokens: int = 0
@@ -73,7 +77,8 @@ class TrainConfig:
     def lococo_config(self) -> dict:
         """The LoCoCoConfig fields this recipe sets."""
         return dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
-                    kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init)
+                    kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init,
+                    positions=self.positions)
 
     def validate(self, rows: torch.Tensor | None = None) -> None:
         positive = ("mem_size", "segment_size", "n_segments", "tbptt", "batch_size", "grad_accum", "max_steps",
@@ -83,6 +88,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.extend_to is not None and self.extend_to < 1:
             raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
+        if self.positions not in POSITION_SCHEMES:
+            raise ConfigError(f"positions must be one of {', '.join(POSITION_SCHEMES)}, got {self.positions!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective != "lm" and self.extend_to is not None:

@@ -35,6 +35,7 @@ from ..errors import ConfigError
 from ..evaluation.perplexity import perplexity
 from ..extension import add_lora, apply_rope_scaling, embeddings_and_norms, save_extended
 from ..generation import iter_segments, make_cache
+from ..models_support import reindex_refusal
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 
@@ -74,6 +75,9 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
     elif not has_heads(model):
         attach(model, LoCoCoConfig(**cfg.lococo_config()))
     heads = get_heads(model).config
+    if cfg.positions == "reindexed" and (reason := reindex_refusal(model)) is not None:
+        raise ConfigError(f"positions 'reindexed' cannot train on {type(model).__name__}: {reason}; use absolute")
+    heads.positions = cfg.positions  # the scheme these heads are trained with: their caches' default
     if (heads.mem_size, heads.buffer) != (cfg.mem_size, cfg.buffer):
         raise ConfigError(
             f"the heads to train have mem_size={heads.mem_size}, buffer={heads.buffer} but the training config says "
