@@ -149,3 +149,24 @@ def test_lococo_0_1_state_dicts_load_with_lambda_clamped_into_range(raw, expecte
             fresh.load_state_dict(state)
     assert float(fresh.lam.detach()) == pytest.approx(expected, abs=2e-4)
     assert fresh.lam_logit.isfinite()  # it can still train
+
+
+@pytest.mark.parametrize("reindex", [False, True])
+def test_query_scores_with_lambda_zero_keep_what_tova_keeps(tiny_llama, reindex):
+    """score_mode "query" ranks slots by TOVA's rule: untrained (lambda 0) LoCoCo is TOVA, in prefill and
+    decoding, so training starts at the best heuristic instead of below it."""
+    torch.manual_seed(4)
+    ids = torch.randint(0, 128, (1, 90))
+    config = LoCoCoConfig(mem_size=16, buffer=4, segment_size=8, kernel_size=5, lambda_init=0.0, score_mode="query")
+    lococo.attach(tiny_llama, config)
+    logits = {}
+    for name, kwargs in (("lococo", {}), ("tova", {"mem_size": 16, "buffer": 4})):
+        cache = lococo.make_cache(tiny_llama, name, reindex_positions=reindex, **kwargs)
+        out = [lococo.prefill(tiny_llama, ids[:, :60], cache=cache, segment_size=8).logits]
+        with torch.no_grad():
+            for t in range(60, 90):  # decoding: one token at a time, compressing every buffer + 1 tokens
+                step = tiny_llama(input_ids=ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+                out.append(step.logits[:, -1])
+        assert all(layer.compressions > 1 for layer in cache.compressed_layers)
+        logits[name] = torch.stack(out)
+    torch.testing.assert_close(logits["lococo"], logits["tova"], atol=1e-5, rtol=0)

@@ -184,7 +184,8 @@ def test_kl_is_zero_while_nothing_is_compressed_and_trains_once_it_is(tmp_path):
 @pytest.mark.parametrize(
     "overrides, words",
     [(dict(objective="mse"), "objective"), (dict(objective="kl", extend_to=256), "extend-to"),
-     (dict(decode_tokens=64), "decode_tokens"), (dict(positions="clamped"), "positions")],
+     (dict(decode_tokens=64), "decode_tokens"), (dict(positions="clamped"), "positions"),
+     (dict(score_mode="mean"), "score_mode")],
 )
 def test_bad_signals_are_config_errors(tmp_path, overrides, words):
     with pytest.raises(ConfigError, match=words):
@@ -193,11 +194,13 @@ def test_bad_signals_are_config_errors(tmp_path, overrides, words):
 
 def test_heads_trained_with_reindexed_positions_read_that_way_by_default(tmp_path):
     model = build_model(tiny_llama_config())
-    cfg = tiny_config(tmp_path, positions="reindexed", max_steps=2)
+    cfg = tiny_config(tmp_path, positions="reindexed", score_mode="query", max_steps=2)
     final = train_heads(model, tiny_rows(), cfg)
-    assert json.loads((Path(final) / "lococo_config.json").read_text())["config"]["positions"] == "reindexed"
+    saved = json.loads((Path(final) / "lococo_config.json").read_text())["config"]
+    assert (saved["positions"], saved["score_mode"]) == ("reindexed", "query")
     fresh = build_model(tiny_llama_config())
     lococo.load_heads(fresh, final)
+    assert lococo.make_cache(fresh, "lococo").policy.layer_average  # scored as trained: TOVA's rule
     assert lococo.make_cache(fresh, "lococo").reindex_positions  # the scheme the heads were trained with
     assert not lococo.make_cache(fresh, "lococo", reindex_positions=False).reindex_positions
     absolute = train_heads(build_model(tiny_llama_config()), tiny_rows(), tiny_config(tmp_path / "abs", max_steps=2))

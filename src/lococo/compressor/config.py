@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-SCORE_MODES = ("last", "accumulated")
+SCORE_MODES = ("last", "accumulated", "query")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
 POSITION_SCHEMES = ("absolute", "reindexed")
@@ -40,7 +40,11 @@ class LoCoCoConfig:
             unconstrained); 0 or 1 fixes it there.
         buffer: compress only once the stored length exceeds ``mem_size + buffer``.
         local_window: newest tokens always kept exact (part of the heavy hitters).
-        score_mode: "last" (scores of the latest forward, the paper's default) or "accumulated" (H2O-style sums).
+        score_mode: which attention ranks the slots: "last" (column sums of the latest forward's queries, the
+            paper's default), "accumulated" (H2O-style sums over forwards) or "query" (the latest query's
+            attention summed over the layer's heads: TOVA's rule, defined the same way in prefill and in
+            decoding, and one query's scores instead of a segment's). With "query" and ``lambda_init`` 0 an
+            untrained LoCoCo keeps exactly what TOVA keeps.
         head_dtype: dtype of the head parameters ("auto" = the model's dtype).
         positions: the key positions the heads are trained with, and so the default of their caches
             (``make_cache(reindex_positions=None)``): "absolute" (tokens seen) or "reindexed" (counted inside

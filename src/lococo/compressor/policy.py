@@ -80,7 +80,7 @@ class LoCoCoPolicy(Policy):
     own them, so there is one place to read them from. Build it with :meth:`for_model`."""
 
     name = "lococo"
-    score_mode = "last"
+    score_mode = "last"  # per instance: the heads' config (LoCoCoConfig.score_mode)
     needs_model = True
     learned = True
     def __init__(self, heads: LoCoCoHeads, layer_idx: int | None = None) -> None:
@@ -90,7 +90,9 @@ class LoCoCoPolicy(Policy):
         self.layer_idx = layer_idx
         self.n_heavy = config.n_heavy
         self.local_window = config.local_window
-        self.score_mode = config.score_mode
+        self.layer_average = config.score_mode == "query"  # TOVA's rule: the latest query, all heads of the layer
+        self.score_mode = "window" if self.layer_average else config.score_mode
+        self.score_window = 1 if self.layer_average else None
 
     @property
     def reindex_default(self) -> bool:  # type: ignore[override]
@@ -148,4 +150,6 @@ class LoCoCoPolicy(Policy):
 
     def compress(self, keys, values, scores, valid):
         head = self.heads.head(self.layer_idx)
+        if self.layer_average:
+            scores = scores.float().sum(dim=1, keepdim=True).expand(scores.shape)
         return lococo_compress(head, self.n_heavy, self.local_window, keys, values, scores, valid)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..compressor.config import POSITION_SCHEMES
+from ..compressor.config import POSITION_SCHEMES, SCORE_MODES
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ class TrainConfig:
     loss is one more learning unit.
     ``positions``: the key positions the heads train with ("absolute" or "reindexed", as
     ``LoCoCoConfig.positions``); written into the heads' config, so their caches take the same scheme.
+    ``score_mode``: which attention ranks the slots while training, and so at inference (as
+    ``LoCoCoConfig.score_mode``; "query" is TOVA's rule); written into the heads' config like ``positions``.
     """
 
     output_dir: str = "runs/heads"
@@ -41,6 +43,7 @@ class TrainConfig:
     buffer: int = 16
     lambda_init: float = 0.5
     positions: str = "absolute"
+    score_mode: str = "last"
     tbptt: int = 1
     objective: str = "lm"
     decode_tokens: int = 0
@@ -78,7 +81,7 @@ class TrainConfig:
         """The LoCoCoConfig fields this recipe sets."""
         return dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
                     kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init,
-                    positions=self.positions)
+                    positions=self.positions, score_mode=self.score_mode)
 
     def validate(self, rows: torch.Tensor | None = None) -> None:
         positive = ("mem_size", "segment_size", "n_segments", "tbptt", "batch_size", "grad_accum", "max_steps",
@@ -90,6 +93,8 @@ class TrainConfig:
             raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
         if self.positions not in POSITION_SCHEMES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_SCHEMES)}, got {self.positions!r}")
+        if self.score_mode not in SCORE_MODES:
+            raise ConfigError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective != "lm" and self.extend_to is not None:
