@@ -146,7 +146,7 @@ def _lazy(module: str, attr: str) -> Callable:
 for _name, _module, _help in (
     ("demo", "commands.demo", "one long text under the full cache, window, StreamingLLM, TOVA and LoCoCo: memory, speed, quality"),
     ("generate", "commands.generate", "generate a continuation of a long prompt with a fixed-size cache"),
-    ("eval", "evaluation.cli", "evaluate policies: perplexity (ppl), decode fidelity (decode), retrieval (passkey)"),
+    ("eval", "evaluation.cli", "evaluate policies: perplexity (ppl), decode fidelity (decode), retrieval (passkey), RULER (ruler)"),
     ("bench", "evaluation.bench", "speed and memory per policy and context length"),
     ("train", "training.cli", "train LoCoCo heads (the model stays frozen)"),
 ):

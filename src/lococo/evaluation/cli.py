@@ -1,4 +1,4 @@
-"""``lococo eval ppl``, ``decode`` and ``passkey``: the argparse wiring of the evaluation suite.
+"""``lococo eval ppl``, ``decode``, ``passkey`` and ``ruler``: the argparse wiring of the evaluation suite.
 
 Hook it into the main CLI with one row of its table::
 
@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 POSITIONS = ("absolute", "reindexed")  # lococo.evaluation.grid.POSITIONS (torch is not imported here)
-HELP = "evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval (passkey)"
+HELP = ("evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval "
+        "(passkey), RULER's synthetic tasks (ruler)")
 DEFAULT_MEM_SIZES = [128, 512]
 DEFAULT_PPL_LENGTHS = [8192]
 DEFAULT_PASSKEY_LENGTHS = [2048, 4096, 8192]
 DEFAULT_DEPTHS = [0.1, 0.3, 0.5, 0.7, 0.9]
 DEFAULT_PASSKEY_TRIALS = 10
 """Keys per passkey cell: with 10, a cell's 95% Wilson interval is at most 0.53 wide (0.24 to 0.76 at 5/10)."""
+DEFAULT_RULER_LENGTHS = [4096, 8192]
+DEFAULT_RULER_SAMPLES = 20
+"""Samples per RULER cell: with 20, a cell's 95% Wilson interval is at most 0.41 wide (0.30 to 0.70 at 10/20)."""
+RULER_SETTINGS = ("query-agnostic", "query-aware")  # lococo.evaluation.ruler.SETTINGS
+DEFAULT_RULER_SAMPLE_SEED = 42  # lococo.evaluation.ruler.DEFAULT_SAMPLE_SEED: RULER's own default
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -110,12 +116,35 @@ def add_passkey_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(eval_run=run_passkey)
 
 
+def add_ruler_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lococo eval ruler``."""
+    parser.add_argument("--task", nargs="+", default=None,
+                        help="RULER tasks (default: the 13 of RULER's synthetic.yaml: niah_single_1/2/3, "
+                        "niah_multikey_1/2/3, niah_multivalue, niah_multiquery, vt, cwe, fwe, qa_1, qa_2)")
+    parser.add_argument("--length", type=int, nargs="+", default=DEFAULT_RULER_LENGTHS,
+                        help="RULER's max_seq_length: prompt tokens plus the task's answer budget (default 4096 8192)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_RULER_SAMPLES,
+                        help="samples per task and length, the same for every policy and setting; the report "
+                        "gives each cell's score and accuracy with 95%% intervals (default 20)")
+    parser.add_argument("--sample-seed", type=int, default=DEFAULT_RULER_SAMPLE_SEED,
+                        help="--random_seed of RULER's generators (default 42, RULER's own)")
+    parser.add_argument("--setting", nargs="+", choices=RULER_SETTINGS, default=list(RULER_SETTINGS),
+                        help="query-agnostic: the question only after the context; query-aware: also before "
+                        "it (default both)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="answer tokens to generate (default: each task's tokens_to_generate in RULER)")
+    _add_common_args(parser, "ruler")
+    parser.set_defaults(eval_run=run_ruler)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Set up ``lococo eval`` with its ``ppl`` and ``passkey`` subcommands."""
+    """Set up ``lococo eval`` with its ``ppl``, ``passkey``, ``decode`` and ``ruler`` subcommands."""
     sub = parser.add_subparsers(dest="eval_kind", metavar="KIND", required=True)
     add_ppl_arguments(sub.add_parser("ppl", help="perplexity of long documents read in segments"))
     add_passkey_arguments(sub.add_parser("passkey", help="passkey retrieval at given lengths and depths"))
     add_decode_arguments(sub.add_parser("decode", help="decode fidelity: the decoding path against segments"))
+    add_ruler_arguments(sub.add_parser("ruler", help="RULER's synthetic long-context tasks, made by RULER's own "
+                                       "generators (fetched from PyPI), scored with its metrics"))
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -295,3 +324,44 @@ def run_passkey(args: argparse.Namespace) -> int:
 
     return _run_grid("passkey", args, model, evaluate, plot_passkey, {"depth": args.depth},
                      summary=passkey_summary, table=passkey_table)
+
+
+def run_ruler(args: argparse.Namespace) -> int:
+    """``lococo eval ruler``: RULER score grid over policies, memory sizes, lengths, tasks and settings."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from lococo.errors import ConfigError
+
+    from .ruler import (
+        RulerSamples,
+        check_tasks,
+        evaluate_ruler,
+        load_tasks,
+        plot_ruler,
+        ruler_summary,
+        ruler_table,
+    )
+
+    if args.samples < 1:
+        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise ConfigError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    tasks = load_tasks()
+    names = check_tasks(args.task, tasks)
+    settings = list(dict.fromkeys(args.setting))
+
+    torch.manual_seed(args.seed)
+    model, tokenizer = _load_model(args)
+    samples = RulerSamples(tokenizer, args.length, args.samples, args.sample_seed, log=tqdm.write)
+
+    def evaluate(cell: dict[str, Any], new_cache: Callable[[], Any]) -> dict[str, Any]:
+        task = tasks[cell["task"]]
+        return evaluate_ruler(
+            model, tokenizer, new_cache, task, samples.get(task, cell["length"]), setting=cell["setting"],
+            segment_size=cell["segment_size"], max_new_tokens=args.max_new_tokens, seed=args.seed,
+            progress=not args.no_progress,
+        )
+
+    return _run_grid("ruler", args, model, evaluate, plot_ruler, {"task": names, "setting": settings},
+                     summary=ruler_summary, table=ruler_table)
