@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import lococo
 from conftest import build_model, tiny_llama_config
-from lococo import ConfigError
+from lococo import ConfigError, LoCoCoConfig
 from lococo.training import loop
 from lococo.training.config import TrainConfig
 from lococo.training.loop import learning_segments, train_heads
@@ -207,6 +207,13 @@ def test_heads_trained_with_reindexed_positions_read_that_way_by_default(tmp_pat
     other = build_model(tiny_llama_config())
     lococo.load_heads(other, absolute)
     assert not lococo.make_cache(other, "lococo").reindex_positions
+
+
+def test_heads_keep_their_own_score_mode_unless_the_recipe_sets_one(tmp_path):
+    model = build_model(tiny_llama_config())
+    lococo.attach(model, LoCoCoConfig(mem_size=8, buffer=2, segment_size=16, kernel_size=3, score_mode="accumulated"))
+    final = train_heads(model, tiny_rows(), tiny_config(tmp_path, max_steps=1))
+    assert json.loads((Path(final) / "lococo_config.json").read_text())["config"]["score_mode"] == "accumulated"
 
 
 def test_reindexed_training_is_refused_where_positions_are_learned(tmp_path):

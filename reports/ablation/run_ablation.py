@@ -52,6 +52,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "lambda0.1": ("lambda init", {"lambda_init": 0.1}),
     "lambda0.9": ("lambda init", {"lambda_init": 0.9}),
     "accumulated": ("score mode", {"score_mode": "accumulated"}),
+    "query": ("score mode", {"score_mode": "query"}),  # TOVA's rule: the latest query, all heads of the layer
     "buffer64": ("buffer", {"buffer": 64}),
     # ReLU before the softmax leaves dead channels as uniform averages of every evicted token
     # (reports/mixing/shipped_m128.txt: 11.9% of the shipped heads' fused slots)

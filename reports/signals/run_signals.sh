@@ -4,8 +4,11 @@
 #
 #   bash reports/signals/run_signals.sh train lm     # ~35 min on 1 CPU thread (fp32 model: this CPU has no AVX512-BF16, where bf16 matmuls are ~50x slower)
 #   bash reports/signals/run_signals.sh train kl     # ~45 min (one more forward per chunk: the teacher)
+#   bash reports/signals/run_signals.sh train query  # lm, slots ranked by TOVA's rule (--score-mode query)
 #   bash reports/signals/run_signals.sh eval lm      # 8K perplexity on the 11 held-out sequences of
 #   bash reports/signals/run_signals.sh eval kl      # reports/ppl_docs16.json (~15 min each)
+#   bash reports/signals/run_signals.sh eval query
+#   bash reports/signals/run_signals.sh eval shipped-query   # the shipped heads read with query scores, untrained
 #   python reports/signals/summarize.py              # paired comparisons against TOVA, shipped heads, curves
 #
 # Recipe (both): fresh heads, M = 128, lambda starting at 0.1 (close to exact selection, which is level with
@@ -13,6 +16,9 @@
 # last 32 tokens are read one at a time through the decoding path, truncated BPTT over 2 segments, one
 # sequence per step, AdamW lr 1e-2 decaying linearly over 30 steps (123K tokens), held-out perplexity of one
 # 4K-token held-out sequence every 10 steps. Training runs resume from their last checkpoint when rerun.
+# "query" is lm with one change: the slots are ranked by the latest query's attention summed over the layer's
+# heads (TOVA's rule, in prefill as in decoding) instead of the column sums of the latest segment, so at
+# lambda 0 the heads would keep exactly what TOVA keeps.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=reports/signals
@@ -22,14 +28,27 @@ RECIPE=(--mem-size 128 --lambda-init 0.1 --n-segments 8 --decode-tokens 32 --tbp
 
 case "${1:-}" in
     train)
-        lococo train --objective "${2:?lm or kl}" "${RECIPE[@]}" --output-dir "runs/signals-$2"
+        case "${2:-}" in
+            lm|kl) SIGNAL=(--objective "$2") ;;
+            query) SIGNAL=(--objective lm --score-mode query) ;;
+            *) echo "usage: $0 train lm|kl|query" >&2; exit 2 ;;
+        esac
+        lococo train "${SIGNAL[@]}" "${RECIPE[@]}" --output-dir "runs/signals-$2"
         mkdir -p "$OUT/$2"
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;
     eval)
+        HEADS="$OUT/${2:?lm, kl, query or shipped-query}/heads"
+        if [[ "$2" == shipped-query ]]; then
+            # no training: the shipped M = 128 heads (trained with "last" scores) read with query scores
+            HEADS=runs/signals-shipped-query/heads; rm -rf "$HEADS"; mkdir -p "$(dirname "$HEADS")"
+            cp -r src/lococo/compressor/pretrained/smollm2-135m-m128 "$HEADS"
+            python -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['config']['score_mode'] = 'query'
+json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json"
+        fi
         # the same 11 sequences as reports/ppl_docs16.json (full, TOVA, SnapKV, shipped heads), read the same way
-        lococo eval ppl --length 8192 --policy lococo --heads "$OUT/${2:?lm or kl}/heads" --mem-size 128 \
+        lococo eval ppl --length 8192 --policy lococo --heads "$HEADS" --mem-size 128 \
             --num-docs 16 --device cpu --threads 1 --seed 0 --no-progress --output "$OUT/ppl_$2.json" ;;
     *)
-        echo "usage: $0 train lm|kl | eval lm|kl" >&2; exit 2 ;;
+        echo "usage: $0 train lm|kl|query | eval lm|kl|query|shipped-query" >&2; exit 2 ;;
 esac

@@ -1,10 +1,10 @@
 """Summarise the training-signal comparison (issue #13): held-out perplexity of heads trained with lm and kl
-against TOVA, the full cache and the shipped heads on the same 11 sequences, and the training curves.
+(and lm with TOVA's query scores) against TOVA, the full cache and the shipped heads on the same 11 sequences, and the training curves.
 
     python reports/signals/summarize.py    # writes reports/signals/README.md's table (signals.md) and curves.png
 
-Inputs: reports/ppl_docs16.json (full, TOVA, SnapKV, shipped LoCoCo), reports/signals/ppl_{lm,kl}.json and
-reports/signals/{lm,kl}/metrics.jsonl, all written by committed commands (run_signals.sh, run_reports.sh).
+Inputs: reports/ppl_docs16.json (full, TOVA, SnapKV, shipped LoCoCo), reports/signals/ppl_{lm,kl,query}.json and
+reports/signals/{lm,kl,query}/metrics.jsonl, all written by committed commands (run_signals.sh, run_reports.sh).
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from lococo.evaluation.stats import gap_closed, paired_difference
 
 HERE = Path(__file__).parent
 REPORTS = HERE.parent
+LABELS = {"lm": "trained with lm", "kl": "trained with kl", "query": "trained with lm, query scores",
+          "shipped-query": "shipped heads read with query scores"}
+"""Variant (run_signals.sh's argument) -> its label in the table and the plot."""
 
 
 def _records(path: Path) -> list[dict]:
@@ -33,9 +36,9 @@ def _fmt(stat: tuple, scale: float = 1.0, digits: int = 4, unit: str = "") -> st
 def main() -> None:
     base = {r["policy"]: r for r in _records(REPORTS / "ppl_docs16.json")}
     rows = {"TOVA": base["tova"], "SnapKV": base["snapkv"], "LoCoCo, shipped heads": base["lococo"]}
-    for signal in ("lm", "kl"):
+    for signal, label in LABELS.items():
         for r in _records(HERE / f"ppl_{signal}.json"):
-            rows[f"LoCoCo, trained with {signal}"] = r
+            rows[f"LoCoCo, {label}"] = r
     full, tova = base["full"], base["tova"]
     lines = [
         f"Held-out perplexity at 8K tokens, M = 128, {len(full['doc_nll'])} sequences ({full['tokens']:,} scored "
@@ -55,7 +58,7 @@ def main() -> None:
 
     plt = pyplot()
     fig, (ax_tok, ax_cpu) = plt.subplots(1, 2, figsize=(11, 4))
-    for signal in ("lm", "kl"):
+    for signal, label in LABELS.items():
         path = HERE / signal / "metrics.jsonl"
         if not path.exists():
             continue
@@ -65,8 +68,8 @@ def main() -> None:
         for m in metrics:
             seconds += m["tokens_seen"] / max(m["step"], 1) / m["tokens_per_s"]
             elapsed[m["step"]] = seconds
-        ax_tok.plot([m["tokens_seen"] for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=signal)
-        ax_cpu.plot([elapsed[m["step"]] / 60 for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=signal)
+        ax_tok.plot([m["tokens_seen"] for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=label)
+        ax_cpu.plot([elapsed[m["step"]] / 60 for m in evals], [m["heldout_ppl"] for m in evals], "o-", label=label)
     for ax, xlabel in ((ax_tok, "training tokens"), (ax_cpu, "training minutes (1 CPU thread, shared machine)")):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("held-out ppl (one 4K sequence, in training)")

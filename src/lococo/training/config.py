@@ -32,6 +32,7 @@ class TrainConfig:
     ``LoCoCoConfig.positions``); written into the heads' config, so their caches take the same scheme.
     ``score_mode``: which attention ranks the slots while training, and so at inference (as
     ``LoCoCoConfig.score_mode``; "query" is TOVA's rule); written into the heads' config like ``positions``.
+    None keeps the trained heads' own (``LoCoCoConfig``'s default for fresh heads).
     """
 
     output_dir: str = "runs/heads"
@@ -43,7 +44,7 @@ class TrainConfig:
     buffer: int = 16
     lambda_init: float = 0.5
     positions: str = "absolute"
-    score_mode: str = "last"
+    score_mode: str | None = None
     tbptt: int = 1
     objective: str = "lm"
     decode_tokens: int = 0
@@ -79,9 +80,10 @@ class TrainConfig:
 
     def lococo_config(self) -> dict:
         """The LoCoCoConfig fields this recipe sets."""
-        return dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
-                    kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init,
-                    positions=self.positions, score_mode=self.score_mode)
+        fields = dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
+                      kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init,
+                      positions=self.positions)
+        return fields if self.score_mode is None else {**fields, "score_mode": self.score_mode}
 
     def validate(self, rows: torch.Tensor | None = None) -> None:
         positive = ("mem_size", "segment_size", "n_segments", "tbptt", "batch_size", "grad_accum", "max_steps",
@@ -93,7 +95,7 @@ class TrainConfig:
             raise ConfigError(f"extend_to must be a positive number of tokens, got {self.extend_to}")
         if self.positions not in POSITION_SCHEMES:
             raise ConfigError(f"positions must be one of {', '.join(POSITION_SCHEMES)}, got {self.positions!r}")
-        if self.score_mode not in SCORE_MODES:
+        if self.score_mode is not None and self.score_mode not in SCORE_MODES:
             raise ConfigError(f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")

@@ -78,7 +78,8 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
     if cfg.positions == "reindexed" and (reason := reindex_refusal(model)) is not None:
         raise ConfigError(f"positions 'reindexed' cannot train on {type(model).__name__}: {reason}; use absolute")
     heads.positions = cfg.positions  # the scheme these heads are trained with: their caches' default
-    heads.score_mode = cfg.score_mode  # and the scores they learn to read
+    if cfg.score_mode is not None:
+        heads.score_mode = cfg.score_mode  # and the scores they learn to read
     if (heads.mem_size, heads.buffer) != (cfg.mem_size, cfg.buffer):
         raise ConfigError(
             f"the heads to train have mem_size={heads.mem_size}, buffer={heads.buffer} but the training config says "
