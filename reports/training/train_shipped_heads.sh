@@ -6,7 +6,9 @@
 #   bash reports/training/train_shipped_heads.sh ship m128   # copy the final heads into the package,
 #   bash reports/training/train_shipped_heads.sh ship m512   # with the training log and curve
 #   bash reports/training/train_shipped_heads.sh m128r       # M = 128 re-trained with re-indexed positions
-#                                                            # (from the shipped heads; fp32, ~70 min on 1 thread)
+#                                                            # (from the shipped heads; fp32, 62 min on 1 thread;
+#                                                            # measured worse than the shipped heads, not shipped:
+#                                                            # reports/reindexed_heads/results.md)
 #
 # Both runs resume from their last checkpoint when rerun (--resume). They ran side by side, one thread each.
 # Training split of the bundled corpora only; sequences of 16 x 512 = 8K tokens (as long as the evaluation);
