@@ -36,23 +36,32 @@ def _fmt(stat: tuple, scale: float = 1.0, digits: int = 4, unit: str = "") -> st
 def main() -> None:
     base = {r["policy"]: r for r in _records(REPORTS / "ppl_docs16.json")}
     rows = {"TOVA": base["tova"], "SnapKV": base["snapkv"], "LoCoCo, shipped heads": base["lococo"]}
+    decode = {"TOVA": "tova", "SnapKV": "snapkv", "LoCoCo, shipped heads": "lococo"}
+    decode = {name: r for r in _records(REPORTS / "decode.json") for name, p in decode.items() if r["policy"] == p}
     for signal, label in LABELS.items():
         for r in _records(HERE / f"ppl_{signal}.json"):
             rows[f"LoCoCo, {label}"] = r
+        for r in _records(HERE / f"decode_{signal}.json"):
+            decode[f"LoCoCo, {label}"] = r
     full, tova = base["full"], base["tova"]
     lines = [
         f"Held-out perplexity at 8K tokens, M = 128, {len(full['doc_nll'])} sequences ({full['tokens']:,} scored "
         "tokens per policy), fp32; 95% bootstrap intervals over documents, differences paired on the same "
         f"documents. Full cache: {full['ppl']:.2f}.",
         "",
-        "| policy | ppl | Δ nll vs TOVA (nats) | gap to full closed |",
-        "|---|---|---|---|",
+        "Decode fidelity (where measured): after 8K tokens, the last 256 of 4 sequences fed one at a time, their "
+        "perplexity over the same tokens read as one segment (reports/decode.json's protocol).",
+        "",
+        "| policy | ppl | Δ nll vs TOVA (nats) | gap to full closed | decode / segment |",
+        "|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         diff = paired_difference(r["doc_nll"], tova["doc_nll"]) if r is not tova else None
         closed = gap_closed(r["doc_nll"], tova["doc_nll"], full["doc_nll"]) if r is not tova else None
+        d = decode.get(name)
+        ratio = f"{d['decode_ratio']:.3f} [{d['decode_ratio_low']:.3f}, {d['decode_ratio_high']:.3f}]" if d else ""
         lines.append(f"| {name} | {r['ppl']:.2f} [{r['ppl_low']:.2f}, {r['ppl_high']:.2f}] | "
-                     f"{_fmt(diff) if diff else '–'} | {_fmt(closed, 100, 1, '%') if closed else '–'} |")
+                     f"{_fmt(diff) if diff else '–'} | {_fmt(closed, 100, 1, '%') if closed else '–'} | {ratio} |")
     (HERE / "signals.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
