@@ -303,9 +303,11 @@ def run_one(pipe: Any, probe: PrefillProbe, context_ids: list[int], question_ids
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path, required: Any, hint: str, error: type[Exception] = RunError) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` (blank lines skipped), each checked for the ``required`` keys; ``error`` with the
+    file, the line and ``hint`` otherwise. Also used by merge_kvpress.py (this file imports nothing heavy)."""
     if not path.exists():
-        raise RunError(f"samples file {path} not found: write it with reports/ruler/dump_samples.py")
+        raise error(f"{path} not found: {hint}")
     rows = []
     with path.open() as f:
         for number, line in enumerate(f, 1):
@@ -314,11 +316,17 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                raise RunError(f"{path}:{number}: not JSON ({exc})") from exc
-            missing = {"task", "length", "index", "outputs", "max_new_tokens", "prompts"} - set(row)
+                raise error(f"{path}:{number}: not JSON ({exc})") from exc
+            missing = [k for k in required if k not in row]
             if missing:
-                raise RunError(f"{path}:{number}: missing {', '.join(sorted(missing))}; is it dump_samples.py's?")
+                raise error(f"{path}:{number}: missing {', '.join(missing)}; {hint}")
             rows.append(row)
+    return rows
+
+
+def read_samples(path: Path) -> list[dict[str, Any]]:
+    required = ("task", "length", "index", "outputs", "max_new_tokens", "prompts")
+    rows = read_jsonl(path, required, "write the samples with reports/ruler/dump_samples.py")
     if not rows:
         raise RunError(f"{path} holds no samples")
     return rows

@@ -32,6 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))
+from kvpress_run import read_jsonl as read_rows  # noqa: E402  (stdlib only at import: it runs without kvpress)
+
 KEY = ("length", "task", "setting", "policy", "mem_size")
 REQUIRED = ("task", "length", "index", "setting", "press", "policy", "mem_size", "outputs", "prediction",
             "max_new_tokens", "prompt_tokens", "seconds")
@@ -42,24 +45,9 @@ class MergeError(Exception):
 
 
 def read_jsonl(paths: Sequence[str], required: Sequence[str] = REQUIRED) -> list[dict[str, Any]]:
-    rows = []
-    for name in paths:
-        path = Path(name)
-        if not path.exists():
-            raise MergeError(f"{path} not found")
-        with path.open() as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    raise MergeError(f"{path}:{number}: not JSON ({exc})") from exc
-                missing = [k for k in required if k not in row]
-                if missing:
-                    raise MergeError(f"{path}:{number}: missing {', '.join(missing)}; is it kvpress_run.py's output?")
-                rows.append(row)
-    return rows
+    """Every row of the JSONL files ``paths``, checked for the ``required`` keys."""
+    hint = "is it kvpress_run.py's output?"
+    return [row for name in paths for row in read_rows(Path(name), required, hint, MergeError)]
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
