@@ -17,6 +17,7 @@ from ..policies.base import (
     gather_slots,
     index_mask,
     masked,
+    summed_over_layer,
     topk_in_order,
 )
 from .config import LoCoCoConfig
@@ -151,5 +152,5 @@ class LoCoCoPolicy(Policy):
     def compress(self, keys, values, scores, valid):
         head = self.heads.head(self.layer_idx)
         if self.layer_average:
-            scores = scores.float().sum(dim=1, keepdim=True).expand(scores.shape)
+            scores = summed_over_layer(scores)
         return lococo_compress(head, self.n_heavy, self.local_window, keys, values, scores, valid)

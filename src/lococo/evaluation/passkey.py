@@ -109,6 +109,12 @@ def build_prompt(
     return PasskeyPrompt(ids, key, start, start + len(needle), len(prefix), n_filler)
 
 
+def answer_pad_id(tokenizer: Any) -> int | None:
+    """The id ``generate`` pads greedy answers with: the tokenizer's pad token, else its EOS (also RULER's)."""
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    return getattr(tokenizer, "eos_token_id", None) if pad_id is None else pad_id
+
+
 def answer_is_correct(answer: str, key: str) -> bool:
     """True when the first 5-digit number in ``answer`` is ``key``."""
     found = KEY_RE.search(answer)
@@ -137,9 +143,7 @@ def passkey_accuracy(
     (:func:`_generate_answers`): the answers are the ones each prompt gives when read alone."""
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "eos_token_id", None)
+    pad_id = answer_pad_id(tokenizer)
     prompts = [build_prompt(tokenizer, length, depth, random_key(seed, length, depth, trial), filler_text)
                for trial in range(trials)]
     outputs = _generate_answers(

@@ -622,6 +622,7 @@ def evaluate_ruler(
     from tqdm.auto import tqdm
 
     from ..generation import generate, prefill
+    from .passkey import answer_pad_id
     from .stats import bootstrap_interval, wilson_interval
 
     if not samples:
@@ -629,9 +630,7 @@ def evaluate_ruler(
     budget = task.tokens_to_generate if max_new_tokens is None else max_new_tokens
     if budget < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {budget}")
-    pad_id = getattr(tokenizer, "pad_token_id", None)
-    if pad_id is None:
-        pad_id = getattr(tokenizer, "eos_token_id", None)
+    pad_id = answer_pad_id(tokenizer)
     predictions, lengths = [], []
     with torch.no_grad():
         for sample in tqdm(samples, desc=f"{task.name} {setting}", unit="sample", disable=not progress, leave=False):

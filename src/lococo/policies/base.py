@@ -127,6 +127,12 @@ def masked(scores: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return scores.masked_fill(~valid[:, None, :], NEG_INF)
 
 
+def summed_over_layer(scores: torch.Tensor) -> torch.Tensor:
+    """``[b, h, L]`` scores summed over the layer's KV heads, the same for each (TOVA's ranking: every head of a
+    layer keeps the same tokens)."""
+    return scores.float().sum(dim=1, keepdim=True).expand(scores.shape)
+
+
 def topk_in_order(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest scores along the last axis, in increasing position order."""
     k = min(k, scores.shape[-1])

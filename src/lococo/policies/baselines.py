@@ -12,7 +12,16 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from . import register_policy
-from .base import Folded, Policy, masked, positions_like, recency_scores, select, topk_in_order
+from .base import (
+    Folded,
+    Policy,
+    masked,
+    positions_like,
+    recency_scores,
+    select,
+    summed_over_layer,
+    topk_in_order,
+)
 
 POS_INF = float("inf")
 
@@ -157,7 +166,7 @@ class TOVAPolicy(TopScorePolicy):
 
     def ranking(self, scores, valid):
         if self.layer_average:
-            scores = scores.float().sum(dim=1, keepdim=True).expand(scores.shape)
+            scores = summed_over_layer(scores)
         return masked(scores, valid)
 
 
