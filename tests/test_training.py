@@ -184,6 +184,7 @@ def test_kl_is_zero_while_nothing_is_compressed_and_trains_once_it_is(tmp_path):
 @pytest.mark.parametrize(
     "overrides, words",
     [(dict(objective="mse"), "objective"), (dict(objective="kl", extend_to=256), "extend-to"),
+     (dict(objective="layer", extend_to=256), "extend-to"),
      (dict(decode_tokens=64), "decode_tokens"), (dict(positions="clamped"), "positions"),
      (dict(score_mode="mean"), "score_mode")],
 )
@@ -222,3 +223,43 @@ def test_reindexed_training_is_refused_where_positions_are_learned(tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=256)).eval()
     with pytest.raises(ConfigError, match="reindexed"):
         train_heads(gpt2, tiny_rows(), tiny_config(tmp_path, positions="reindexed", max_steps=1))
+
+
+def _layer_losses(model, rows, cfg, grad=False):
+    from lococo.training.layerwise import LayerwiseReader
+
+    loop.prepare_model(model, cfg)
+    plan = loop.chunk_plan(cfg)
+    reader = LayerwiseReader(model, rows)
+    return [loss for loss, _, _ in reader.chunks(plan, [grad] * len(plan))], reader
+
+
+def test_layer_students_read_exactly_what_the_full_model_reads_until_they_compress(tmp_path):
+    rows = tiny_rows(2)
+    roomy = tiny_config(tmp_path, mem_size=64, objective="layer")  # 64 tokens never exceed M + buffer
+    losses, _ = _layer_losses(build_model(tiny_llama_config()), rows, roomy)
+    assert all(float(loss) < 1e-10 for loss in losses)  # same attention as the model's own, slot for slot
+    losses, reader = _layer_losses(build_model(tiny_llama_config()), rows, tiny_config(tmp_path, objective="layer"))
+    assert float(losses[0]) < 1e-10 and all(float(loss) > 1e-4 for loss in losses[1:])  # compressed memories lose
+    assert all(layer.compressions == 3 for layer in reader.students.values())
+
+
+def test_layer_gradient_reaches_every_head_through_the_memory_it_built(tmp_path):
+    model = build_model(tiny_llama_config())
+    losses, _ = _layer_losses(model, tiny_rows(1), tiny_config(tmp_path, objective="layer"), grad=True)
+    torch.stack(losses).sum().backward()
+    for name, p in model.lococo.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("lococo."))
+
+
+def test_layer_objective_trains_and_logs_its_own_loss(tmp_path):
+    model = build_model(tiny_llama_config())
+    cfg = tiny_config(tmp_path, objective="layer", decode_tokens=5, max_steps=4, lr_heads=1e-2)
+    final = train_heads(model, tiny_rows(), cfg)
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all(m["loss"] == m["layer"] and 0 < m["layer"] < 1 and m["decode_loss"] > 0 for m in metrics)
+    start = build_model(tiny_llama_config())
+    loop.prepare_model(start, tiny_config(tmp_path))
+    trained = _heads(final)
+    assert any(not torch.allclose(v, start.lococo.state_dict()[k.removeprefix("lococo.")]) for k, v in trained.items())

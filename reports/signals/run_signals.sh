@@ -5,10 +5,15 @@
 #   bash reports/signals/run_signals.sh train lm     # ~35 min on 1 CPU thread (fp32 model: this CPU has no AVX512-BF16, where bf16 matmuls are ~50x slower)
 #   bash reports/signals/run_signals.sh train kl     # ~45 min (one more forward per chunk: the teacher)
 #   bash reports/signals/run_signals.sh train query  # lm, slots ranked by TOVA's rule (--score-mode query)
+#   bash reports/signals/run_signals.sh train layer  # per-layer reconstruction of attention outputs (no backward
+#                                                    # through the model; lococo.training.layerwise)
 #   bash reports/signals/run_signals.sh eval lm      # 8K perplexity on the 11 held-out sequences of
 #   bash reports/signals/run_signals.sh eval kl      # reports/ppl_docs16.json (~15 min each)
 #   bash reports/signals/run_signals.sh eval query
 #   bash reports/signals/run_signals.sh eval shipped-query   # the shipped heads read with query scores, untrained
+#   bash reports/signals/run_signals.sh decode VARIANT       # decode fidelity, reports/decode.json's 4 sequences
+#                                                   # (shipped-recent: the shipped heads scored by every query since
+#                                                   # the latest compression; in prefill that is what they read)
 #   python reports/signals/summarize.py              # paired comparisons against TOVA, shipped heads, curves
 #
 # Recipe (both): fresh heads, M = 128, lambda starting at 0.1 (close to exact selection, which is level with
@@ -29,26 +34,33 @@ RECIPE=(--mem-size 128 --lambda-init 0.1 --n-segments 8 --decode-tokens 32 --tbp
 case "${1:-}" in
     train)
         case "${2:-}" in
-            lm|kl) SIGNAL=(--objective "$2") ;;
+            lm|kl|layer) SIGNAL=(--objective "$2") ;;
             query) SIGNAL=(--objective lm --score-mode query) ;;
-            *) echo "usage: $0 train lm|kl|query" >&2; exit 2 ;;
+            *) echo "usage: $0 train lm|kl|query|layer" >&2; exit 2 ;;
         esac
         lococo train "${SIGNAL[@]}" "${RECIPE[@]}" --output-dir "runs/signals-$2"
         mkdir -p "$OUT/$2"
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;
-    eval)
-        HEADS="$OUT/${2:?lm, kl, query or shipped-query}/heads"
-        if [[ "$2" == shipped-query ]]; then
-            # no training: the shipped M = 128 heads (trained with "last" scores) read with query scores
-            HEADS=runs/signals-shipped-query/heads; rm -rf "$HEADS"; mkdir -p "$(dirname "$HEADS")"
+    eval|decode)
+        VARIANT=${2:?lm, kl, query, layer, shipped-query or shipped-recent}
+        HEADS="$OUT/$VARIANT/heads"
+        if [[ "$VARIANT" == shipped-* ]]; then
+            # no training: the shipped M = 128 heads (trained with "last" scores) read with another score mode
+            HEADS=runs/signals-$VARIANT/heads; rm -rf "$HEADS"; mkdir -p "$(dirname "$HEADS")"
             cp -r src/lococo/compressor/pretrained/smollm2-135m-m128 "$HEADS"
-            python -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['config']['score_mode'] = 'query'
-json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json"
+            python -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['config']['score_mode'] = sys.argv[2]
+json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json" "${VARIANT#shipped-}"
         fi
-        # the same 11 sequences as reports/ppl_docs16.json (full, TOVA, SnapKV, shipped heads), read the same way
-        lococo eval ppl --length 8192 --policy lococo --heads "$HEADS" --mem-size 128 \
-            --num-docs 16 --device cpu --threads 1 --seed 0 --no-progress --output "$OUT/ppl_$2.json" ;;
+        if [[ "$1" == eval ]]; then
+            # the same 11 sequences as reports/ppl_docs16.json (full, TOVA, SnapKV, shipped heads), read the same way
+            lococo eval ppl --length 8192 --policy lococo --heads "$HEADS" --mem-size 128 \
+                --num-docs 16 --device cpu --threads 1 --seed 0 --no-progress --output "$OUT/ppl_$VARIANT.json"
+        else
+            # the same 4 sequences and protocol as reports/decode.json: 8K tokens, the last 256 one at a time
+            lococo eval decode --length 8192 --decode-tokens 256 --num-docs 4 --policy lococo --mem-size 128 \
+                --heads "$HEADS" --threads 1 --seed 0 --no-progress --output "$OUT/decode_$VARIANT.json"
+        fi ;;
     *)
-        echo "usage: $0 train lm|kl|query | eval lm|kl|query|shipped-query" >&2; exit 2 ;;
+        echo "usage: $0 train lm|kl|query|layer | eval|decode lm|kl|query|layer|shipped-query|shipped-recent" >&2; exit 2 ;;
 esac

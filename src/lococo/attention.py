@@ -265,9 +265,16 @@ def make_attention_function(base_name: str):
                                                                                          query.dtype)
         window = lococo_layer.score_request()
         dropout = kwargs.get("dropout", 0.0) if module.training else 0.0
-        fused = window is not None and (window == 0 or window >= q_len) and not dropout and _fusable(kwargs)
+        fused = (window is not None and (window == 0 or window >= q_len) and not dropout and _fusable(kwargs)
+                 and not lococo_layer.observes)
         if not fused:
             out, weights = call_base(module, query, key, value, attention_mask, **kwargs)
+        scaling = kwargs.get("scaling")
+        if scaling is None:
+            scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+        if lococo_layer.observes:  # a teacher layer of layer-wise training (lococo.training.layerwise)
+            lococo_layer.observe(query, out, scaling, softcap, sinks)
         if window is None:
             return out, weights
         if visible is None:
@@ -275,10 +282,6 @@ def make_attention_function(base_name: str):
         query_valid = None
         if lococo_layer.valid is not None:
             query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
-        scaling = kwargs.get("scaling")
-        if scaling is None:
-            scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
-        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
         with torch.profiler.record_function("lococo.scores"):
             if fused:
                 out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid, softcap, sinks)

@@ -22,12 +22,16 @@ from .models_support import layout_for_policy
 from .policies.base import Policy
 from .positions import KeyRotation, incoming_positions, next_position, reindexed
 
+_SUMMED = ("accumulated", "recent")
+"""Score modes summed over forwards (scores are asked of every forward, not only before a compression)."""
+
 
 class CompressedLayer(CacheLayerMixin):
     """One attention layer's fixed-size memory."""
 
     is_sliding = False
     is_compileable = False
+    observes = False  # True: the attention wrapper hands each forward's queries and output to ``observe``
 
     def __init__(self, policy: Policy, rotation: KeyRotation | None = None) -> None:
         super().__init__()
@@ -57,6 +61,8 @@ class CompressedLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         if self.policy.compresses and self.stored > self.mem_size + self.buffer:
             self._compact()
+            if self.policy.score_mode == "recent":
+                self.scores = None  # scores count again from the queries after this compression
         q = key_states.shape[-2]
         incoming, self.incoming_valid = self.incoming_valid, None
         if self.rotation is not None:
@@ -70,7 +76,7 @@ class CompressedLayer(CacheLayerMixin):
             old_n = self.row_valid if self.row_valid is not None else [self.stored - q] * old.shape[0]
             new_n = incoming[1] if incoming is not None else [q] * old.shape[0]
             self.row_valid = [a + c for a, c in zip(old_n, new_n, strict=True)]
-        if self.scores is not None and self.policy.score_mode == "accumulated":
+        if self.scores is not None and self.policy.score_mode in _SUMMED:
             self.scores = torch.cat([self.scores, self.scores.new_zeros(*self.scores.shape[:2], q)], dim=-1)
         else:
             self.scores = None
@@ -132,14 +138,14 @@ class CompressedLayer(CacheLayerMixin):
         mode = self.policy.score_mode
         if mode is None or not self.policy.compresses:
             return None
-        if mode != "accumulated" and self.stored <= self.mem_size + self.buffer:
+        if mode not in _SUMMED and self.stored <= self.mem_size + self.buffer:
             return None
         return self.policy.score_window or 0
 
     def record_scores(self, scores: torch.Tensor) -> None:
         """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward."""
         scores = scores.detach().float()
-        if self.policy.score_mode == "accumulated" and self.scores is not None:
+        if self.policy.score_mode in _SUMMED and self.scores is not None:
             scores = self.scores + scores
         self.scores = scores
 

@@ -14,8 +14,9 @@ if TYPE_CHECKING:
     import torch
 
 
-OBJECTIVES = ("lm", "kl", "lm+kl")
-"""Training signals: next-token loss; KL from the same frozen model reading with a full cache; their sum."""
+OBJECTIVES = ("lm", "kl", "lm+kl", "layer")
+"""Training signals: next-token loss; KL from the same frozen model reading with a full cache; their sum;
+per-layer reconstruction of attention outputs (no backward pass through the model)."""
 
 
 @dataclass
@@ -24,7 +25,10 @@ class TrainConfig:
 
     ``objective``: the training signal. "lm" is next-token loss; "kl" is the KL divergence from the same
     frozen model reading the same chunks with a full cache (a teacher run in lockstep without gradient: it
-    costs one more forward per chunk, and its cache grows with the training sequence); "lm+kl" is their sum.
+    costs one more forward per chunk, and its cache grows with the training sequence); "lm+kl" is their sum;
+    "layer" reconstructs each compressed layer's attention output from its compressed memory, against the full
+    cache's (one forward per chunk without gradient, no backward through the model; the logged ``loss`` is then
+    that relative error; :mod:`lococo.training.layerwise`).
     ``decode_tokens``: the last tokens of each training sequence are read one at a time, through the
     decoding path (buffer-sized compressions scored by one query), as ``generate`` reads them; their mean
     loss is one more learning unit.
@@ -100,7 +104,8 @@ class TrainConfig:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if self.objective != "lm" and self.extend_to is not None:
-            raise ConfigError("objective kl needs a teacher that reads the text natively; with --extend-to use lm")
+            raise ConfigError(f"objective {self.objective} needs a teacher that reads the text natively; with "
+                              "--extend-to use lm")
         if not 0 <= self.decode_tokens < self.n_segments * self.segment_size:
             raise ConfigError(f"decode_tokens must be in [0, n_segments*segment_size), got {self.decode_tokens}")
         if self.lr_heads <= 0:

@@ -28,7 +28,7 @@ def plot_metrics(path: str | Path, png: str | Path, title: str = "LoCoCo heads t
         mean = [sum(losses[i - SMOOTH + 1 : i + 1]) / SMOOTH for i in range(SMOOTH - 1, len(losses))]
         ax.plot(tokens[SMOOTH - 1 :], mean, color="tab:blue", label=f"mean of the last {SMOOTH} steps")
     ax.set_xlabel("tokens trained")
-    ax.set_ylabel("next-token loss")
+    ax.set_ylabel("layer reconstruction error" if "layer" in records[0] else "next-token loss")
     held = [(r["tokens_seen"], r["heldout_ppl"]) for r in records if "heldout_ppl" in r]
     if held:
         twin = ax.twinx()

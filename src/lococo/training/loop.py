@@ -38,6 +38,7 @@ from ..generation import iter_segments, make_cache
 from ..models_support import reindex_refusal
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .layerwise import LayerwiseReader
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -168,37 +169,61 @@ def _token_losses(logits: torch.Tensor, ids: torch.Tensor, start: int, stop: int
     return lm, kl, n_pos * ids.shape[0]
 
 
+class _ModelReader:
+    """The ``lm`` / ``kl`` objectives: the model reads the chunks through the heads' cache (a teacher with a
+    full cache in lockstep for ``kl``). ``chunks`` yields ``(objective, {metric: value}, tokens)`` per chunk;
+    ``detach_`` is the truncated back-propagation boundary (as :class:`~lococo.training.layerwise.LayerwiseReader`).
+    """
+
+    def __init__(self, model, unwrapped, ids: torch.Tensor, objective: str) -> None:
+        self.model, self.unwrapped, self.ids, self.objective = model, unwrapped, ids, objective
+        self.cache = _new_cache(unwrapped)
+
+    def chunks(self, plan: list[tuple[int, int]], grad: list[bool]):
+        use_kl = self.objective != "lm"
+        teacher = None
+        if use_kl:
+            teacher = _read(self.unwrapped, self.ids, _new_cache(self.unwrapped, "full"), plan, [False] * len(plan))
+        for start, stop, logits in _read(self.model, self.ids, self.cache, plan, grad):
+            ref = next(teacher)[2] if teacher is not None else None
+            lm, kl, n = _token_losses(logits, self.ids, start, stop, ref)
+            logged = {"lm": lm.item()} if kl is None else {"lm": lm.item(), "kl": kl.item()}
+            yield {"lm": lm, "kl": kl, "lm+kl": lm + kl if kl is not None else None}[self.objective], logged, n
+
+    def detach_(self) -> None:
+        self.cache.detach_()
+
+
 def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, accelerator: Accelerator, scale: float,
                   sync_at_end: bool) -> dict[str, float]:
     """Forward/backward one batch of sequences chunk by chunk (:func:`chunk_plan`).
 
-    Returns token-summed ``lm`` (and ``kl``) losses and their token count ``tokens`` (``decode_lm``,
-    ``decode_tokens`` for the decoded tail). With ``cfg.objective`` "kl" or "lm+kl", a teacher (the same
-    frozen model with a full cache, no gradient) reads the same chunks in lockstep. Gradients are
-    synchronised across processes only on the last backward when ``sync_at_end``.
+    Returns the token-summed losses (``lm``, and ``kl`` or ``layer`` by ``cfg.objective``), their token count
+    ``tokens``, and for the decoded tail ``decode_<loss>`` and ``decode_tokens``. With "kl" or "lm+kl" a
+    teacher (the same frozen model with a full cache, no gradient) reads the same chunks in lockstep; with
+    "layer" the model reads once with a full cache and the heads learn layer by layer
+    (:mod:`lococo.training.layerwise`). Gradients are synchronised across processes only on the last
+    backward when ``sync_at_end``.
     """
-    cache = _new_cache(unwrapped)
     heads = get_heads(unwrapped).config
     plan = chunk_plan(cfg)
     seg_flags, tail_learns = learning_units(cfg, heads.mem_size, heads.buffer)
     n_seg = len(seg_flags)
     grad = seg_flags + [tail_learns] * cfg.decode_tokens
     last_learning = len(plan) - 1 if tail_learns else max((t for t, f in enumerate(seg_flags) if f), default=-1)
-    use_kl = cfg.objective != "lm"
-    teacher = _read(unwrapped, ids, _new_cache(unwrapped, "full"), plan, [False] * len(plan)) if use_kl else None
-    sums = {"lm": 0.0, "kl": 0.0, "tokens": 0, "decode_lm": 0.0, "decode_tokens": 0}
+    reader = LayerwiseReader(unwrapped, ids) if cfg.objective == "layer" else _ModelReader(model, unwrapped, ids,
+                                                                                             cfg.objective)
+    sums: dict[str, float] = {"tokens": 0, "decode_tokens": 0}
     window: list[torch.Tensor] = []
     tail: list[tuple[torch.Tensor, int]] = []
-    for t, (start, stop, logits) in enumerate(_read(model, ids, cache, plan, grad)):
-        ref = next(teacher)[2] if teacher is not None else None
-        lm, kl, n = _token_losses(logits, ids, start, stop, ref)
-        sums["lm"] += lm.item() * n
-        sums["kl"] += kl.item() * n if kl is not None else 0.0
+    for t, (objective, logged, n) in enumerate(reader.chunks(plan, grad)):
+        decoded = t >= n_seg
+        for name, value in logged.items():
+            for key in (name, f"decode_{name}") if decoded else (name,):
+                sums[key] = sums.get(key, 0.0) + value * n
         sums["tokens"] += n
-        objective = {"lm": lm, "kl": kl, "lm+kl": lm + kl if kl is not None else None}[cfg.objective]
-        if t >= n_seg:
-            sums["decode_lm"] += lm.item() * n
-            sums["decode_tokens"] += n
+        sums["decode_tokens"] += n if decoded else 0
+        if decoded:
             if tail_learns and n:
                 tail.append((objective, n))
             if t == len(plan) - 1 and tail:
@@ -212,7 +237,7 @@ def sequence_loss(model, unwrapped, ids: torch.Tensor, cfg: TrainConfig, acceler
                 accelerator.backward(torch.stack(window).sum() * scale)
             window = []
         if not window and t < n_seg:
-            cache.detach_()  # truncated back-propagation boundary (the decoded tail is one window)
+            reader.detach_()  # truncated back-propagation boundary (the decoded tail is one window)
     return sums
 
 
@@ -257,6 +282,10 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
     per_step = cfg.grad_accum * world * cfg.batch_size
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
     scale = loss_scale(cfg)
+    main = "layer" if cfg.objective == "layer" else "lm"  # the logged "loss": the objective's own loss for layer
+    if cfg.objective == "layer" and world > 1:
+        raise ConfigError("objective 'layer' trains the heads outside the model's forward, which DDP does not "
+                          "synchronise: run it in one process, or use lm / kl with accelerate launch")
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not cfg.resume:
@@ -286,16 +315,17 @@ def train_heads(model, rows: torch.Tensor, cfg: TrainConfig, *, eval_rows: torch
         tokens = max(totals["tokens"], 1.0)
         record = {
             "step": step + 1,
-            "loss": totals["lm"] / tokens,
+            "loss": totals[main] / tokens,
             "tokens_seen": (step + 1) * per_step * cfg.n_segments * cfg.segment_size,
             "tokens_per_s": totals["tokens"] / (time.perf_counter() - t0),
             "lr": scheduler.get_last_lr()[0],
             "lambda_mean": float(torch.stack([h.lam.detach() for h in get_heads(unwrapped).heads.values()]).mean()),
         }
-        if cfg.objective != "lm":
-            record["kl"] = totals["kl"] / tokens
+        for name in ("kl", "layer"):
+            if name in totals:
+                record[name] = totals[name] / tokens
         if totals["decode_tokens"]:
-            record["decode_loss"] = totals["decode_lm"] / totals["decode_tokens"]
+            record["decode_loss"] = totals[f"decode_{main}"] / totals["decode_tokens"]
         if eval_rows is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0:
             record["heldout_ppl"] = heldout_perplexity(unwrapped, eval_rows.to(accelerator.device), cfg)
         bar.set_postfix(loss=f"{record['loss']:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
