@@ -318,3 +318,25 @@ def test_segment_loop_refuses_a_mask_that_does_not_cover_the_cache(tiny_llama):
         next(iter_segments(tiny_llama, torch.randint(0, 128, (1, 5)), cache, 8, attention_mask=torch.ones(1, 5)))
     with pytest.raises(lococo.ConfigError, match="grad has 1 flags for 2 segments"):
         next(iter_segments(tiny_llama, torch.randint(0, 128, (1, 10)), cache, 8, grad=[True]))
+
+
+def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compression_in_decoding():
+    ids = torch.randint(0, 128, (1, 72), generator=torch.Generator().manual_seed(0))
+    outs = {}
+    for mode in ("last", "recent"):
+        model = build_model(tiny_llama_config())
+        torch.manual_seed(0)
+        outs[mode] = (model, lococo.prefill(_attach(model, score_mode=mode), ids, segment_size=24))
+    torch.testing.assert_close(outs["last"][1].logits, outs["recent"][1].logits, rtol=0, atol=0)
+    model, out = outs["recent"]
+    layer = out.cache.compressed_layers[0]
+    groups = 4 // 2  # query heads per KV head: each query's probabilities add 1 per head of its group
+    since, compressions = 24, layer.compressions
+    after_prefill = compressions
+    for _ in range(12):
+        with torch.no_grad():
+            model(torch.randint(0, 128, (1, 1)), past_key_values=out.cache, use_cache=True)
+        since = 1 if layer.compressions > compressions else since + 1
+        compressions = layer.compressions
+        torch.testing.assert_close(layer.scores.sum(-1), torch.full((1, 2), float(groups * since)))
+    assert compressions >= after_prefill + 2  # the sums were checked across decoding-time compressions

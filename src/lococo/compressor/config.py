@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-SCORE_MODES = ("last", "accumulated", "query")
+SCORE_MODES = ("last", "accumulated", "query", "recent")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
 POSITION_SCHEMES = ("absolute", "reindexed")
@@ -41,9 +41,11 @@ class LoCoCoConfig:
         buffer: compress only once the stored length exceeds ``mem_size + buffer``.
         local_window: newest tokens always kept exact (part of the heavy hitters).
         score_mode: which attention ranks the slots: "last" (column sums of the latest forward's queries, the
-            paper's default), "accumulated" (H2O-style sums over forwards) or "query" (the latest query's
+            paper's default), "accumulated" (H2O-style sums over forwards), "query" (the latest query's
             attention summed over the layer's heads: TOVA's rule, defined the same way in prefill and in
-            decoding, and one query's scores instead of a segment's). With "query" and ``lambda_init`` 0 an
+            decoding, and one query's scores instead of a segment's), or "recent" (the column sums of every
+            query since the latest compression: "last" in a segmented prefill, and in decoding the ``buffer``
+            queries since the previous compression instead of one query's). With "query" and ``lambda_init`` 0 an
             untrained LoCoCo keeps exactly what TOVA keeps.
         head_dtype: dtype of the head parameters ("auto" = the model's dtype).
         positions: the key positions the heads are trained with, and so the default of their caches

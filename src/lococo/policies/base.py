@@ -42,7 +42,9 @@ class Policy:
         name: registry name (``--policy NAME``).
         score_mode: which importance scores the policy needs from the attention of the latest forward:
             None (no scores), "last" (column sums of the latest forward), "accumulated" (sums over all
-            forwards, H2O), or "window" (column sums of the last ``score_window`` queries, SnapKV/TOVA).
+            forwards, H2O), "recent" (sums over the forwards since the latest compression: "last" in a
+            segmented prefill, every query since the previous compression in decoding), or "window" (column
+            sums of the last ``score_window`` queries, SnapKV/TOVA).
         compresses: False only for the full cache.
         uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
         needs_model: True if the policy can only be built for a model (``lococo``: its heads).
