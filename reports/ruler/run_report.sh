@@ -10,7 +10,8 @@
 #                                               # merged beside ours, and TOVAPress's prefill memory at 4K and 8K
 #                                               # -> reports/ruler/ruler_kvpress.json (+ .md, .png)
 #
-# Done so far: `first` (34 min on one thread, the other core busy). `kvpress` is not run yet.
+# Done so far: `first` (34 min on one thread, the other core busy); `kvpress` (27 min: venv 70 s, samples 52 s,
+# 60 answers 1331 s, prefill memory 202 s, merge 4 s, the other core busy).
 #
 # One thread per command; a grid resumes where it stopped when rerun with the same command. A command with other
 # --task / --length / --samples / --setting / --mem-size values starts its report afresh (the samples are the same:
