@@ -4,7 +4,7 @@
 #   bash reports/ruler/run_report.sh first      # niah_single_1 + vt, 4096, 10 samples, query-agnostic, M = 128:
 #                                               # full, streaming, TOVA, SnapKV, LoCoCo (shipped heads)
 #   bash reports/ruler/run_report.sh aware      # the same tasks, samples and policies, query-aware (the question
-#                                               # also before the context) -> reports/ruler/ruler_aware.json
+#                                               # also before the context), M = 128 and 512 -> ruler_aware.json
 #   bash reports/ruler/run_report.sh kvpress-aware   # kvpress on those samples -> ruler_aware_kvpress.json
 #   bash reports/ruler/run_report.sh kvpress    # kvpress's StreamingLLM, SnapKV and TOVA presses on the same samples,
 #                                               # merged beside ours, and TOVAPress's prefill memory at 4K and 8K
@@ -28,11 +28,11 @@ case "${1:-}" in
             --no-progress --output "$OUT" ;;
     aware)
         lococo eval ruler --task niah_single_1 vt --length 4096 --samples 10 --setting query-aware \
-            --policy full streaming tova snapkv lococo --mem-size 128 --heads shipped --threads 1 --seed 0 \
+            --policy full streaming tova snapkv lococo --mem-size 128 512 --heads shipped --threads 1 --seed 0 \
             --no-progress --output reports/ruler/ruler_aware.json ;;
     kvpress-aware)
         LOCOCO_REPORT=reports/ruler/ruler_aware.json OUT=runs/kvpress-ruler-aware \
-            MERGED=reports/ruler/ruler_aware_kvpress.json PRESSES="streaming_llm snapkv tova" MEM_SIZES=128
+            MERGED=reports/ruler/ruler_aware_kvpress.json PRESSES="streaming_llm snapkv tova" MEM_SIZES="128 512"
         export LOCOCO_REPORT OUT MERGED PRESSES MEM_SIZES
         for step in venv dump run merge; do bash reports/ruler/run_kvpress.sh "$step"; done ;;  # memory: `kvpress`
     kvpress)

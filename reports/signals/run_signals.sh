@@ -6,7 +6,8 @@
 #   bash reports/signals/run_signals.sh train kl     # ~45 min (one more forward per chunk: the teacher)
 #   bash reports/signals/run_signals.sh train query  # lm, slots ranked by TOVA's rule (--score-mode query)
 #   bash reports/signals/run_signals.sh train layer  # per-layer reconstruction of attention outputs (no backward
-#                                                    # through the model; lococo.training.layerwise)
+#                                                    # through the model; lococo.training.layerwise), ~30 min
+#   bash reports/signals/run_signals.sh train layer-long  # the same for 90 steps (369K tokens), ~90 min
 #   bash reports/signals/run_signals.sh eval lm      # 8K perplexity on the 11 held-out sequences of
 #   bash reports/signals/run_signals.sh eval kl      # reports/ppl_docs16.json (~15 min each)
 #   bash reports/signals/run_signals.sh eval query
@@ -35,10 +36,11 @@ case "${1:-}" in
     train)
         case "${2:-}" in
             lm|kl|layer) SIGNAL=(--objective "$2") ;;
+            layer-long) SIGNAL=(--objective layer --max-steps 90 --eval-every 30 --save-every 10 --keep-last 9) ;;
             query) SIGNAL=(--objective lm --score-mode query) ;;
-            *) echo "usage: $0 train lm|kl|query|layer" >&2; exit 2 ;;
+            *) echo "usage: $0 train lm|kl|query|layer|layer-long" >&2; exit 2 ;;
         esac
-        lococo train "${SIGNAL[@]}" "${RECIPE[@]}" --output-dir "runs/signals-$2"
+        lococo train "${RECIPE[@]}" "${SIGNAL[@]}" --output-dir "runs/signals-$2"  # the variant's flags win
         mkdir -p "$OUT/$2"
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;

@@ -1,10 +1,11 @@
-"""Summarise the training-signal comparison (issue #13): held-out perplexity of heads trained with lm and kl
+"""Summarise the training-signal comparison (issue #13): held-out perplexity of heads trained with lm, kl and layer
 (and lm with TOVA's query scores) against TOVA, the full cache and the shipped heads on the same 11 sequences, and the training curves.
 
-    python reports/signals/summarize.py    # writes reports/signals/README.md's table (signals.md) and curves.png
+    python reports/signals/summarize.py    # writes reports/signals/README.md's table (signals.md), curves.png
+                                           # (in-training metric) and gap.png (gap closed vs tokens and CPU time)
 
-Inputs: reports/ppl_docs16.json (full, TOVA, SnapKV, shipped LoCoCo), reports/signals/ppl_{lm,kl,query}.json and
-reports/signals/{lm,kl,query}/metrics.jsonl, all written by committed commands (run_signals.sh, run_reports.sh).
+Inputs: reports/ppl_docs16.json (full, TOVA, SnapKV, shipped LoCoCo), reports/signals/{ppl,decode}_VARIANT.json and
+reports/signals/VARIANT/metrics.jsonl, all written by committed commands (run_signals.sh, run_reports.sh).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from lococo.evaluation.stats import gap_closed, paired_difference
 
 HERE = Path(__file__).parent
 REPORTS = HERE.parent
-LABELS = {"lm": "trained with lm", "kl": "trained with kl", "query": "trained with lm, query scores",
-          "shipped-query": "shipped heads read with query scores"}
+LABELS = {"lm": "trained with lm", "kl": "trained with kl", "layer": "trained with layer",
+          "query": "trained with lm, query scores", "shipped-query": "shipped heads read with query scores",
+          "shipped-recent": "shipped heads read with recent scores"}
 """Variant (run_signals.sh's argument) -> its label in the table and the plot."""
 
 
@@ -85,6 +87,44 @@ def main() -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(HERE / "curves.png", dpi=120)
+    plt.close(fig)
+    _plot_gap(plt, base)
+
+
+def _training_cost(signal: str) -> tuple[float, float] | None:
+    """(tokens trained, CPU minutes) of a variant's run, from its metrics.jsonl (one thread)."""
+    path = HERE / signal / "metrics.jsonl"
+    if not path.exists():
+        return None
+    metrics = [json.loads(line) for line in path.read_text().splitlines()]
+    minutes = sum(m["tokens_seen"] / m["step"] / m["tokens_per_s"] for m in metrics) / 60
+    return metrics[-1]["tokens_seen"], minutes
+
+
+def _plot_gap(plt, base: dict) -> None:
+    """gap.png: share of the TOVA-to-full gap closed on the 11 sequences, against tokens and CPU minutes."""
+    full, tova = base["full"], base["tova"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for signal, label in LABELS.items():
+        records = _records(HERE / f"ppl_{signal}.json")
+        cost = _training_cost(signal)
+        if not records or cost is None:
+            continue
+        mean, low, high = gap_closed(records[0]["doc_nll"], tova["doc_nll"], full["doc_nll"])
+        for ax, x in zip(axes, cost, strict=True):
+            ax.errorbar([x], [100 * mean], yerr=[[100 * (mean - low)], [100 * (high - mean)]], fmt="o", capsize=4,
+                        label=label)
+    shipped = gap_closed(base["lococo"]["doc_nll"], tova["doc_nll"], full["doc_nll"])[0]
+    for ax, xlabel in zip(axes, ("training tokens", "training minutes (1 CPU thread, shared machine)"), strict=True):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.axhline(100 * shipped, color="tab:green", ls="--", lw=0.8, label="shipped heads (574K tokens, other recipe)")
+        ax.axhline(50, color="tab:red", ls=":", lw=0.8, label="issue 13 target (50%)")
+        ax.set_xlim(left=0)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("gap TOVA -> full closed, % (11 seqs, 95% CI)")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(HERE / "gap.png", dpi=120)
     plt.close(fig)
 
 
