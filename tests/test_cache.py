@@ -340,3 +340,28 @@ def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compres
         compressions = layer.compressions
         torch.testing.assert_close(layer.scores.sum(-1), torch.full((1, 2), float(groups * since)))
     assert compressions >= after_prefill + 2  # the sums were checked across decoding-time compressions
+
+
+def test_hybrid_scores_are_last_in_prefill_and_tova_s_layer_sums_in_decoding():
+    from lococo.policies.base import summed_over_layer
+
+    ids = torch.randint(0, 128, (1, 72), generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for mode in ("last", "hybrid"):
+        model = build_model(tiny_llama_config())
+        torch.manual_seed(0)
+        runs[mode] = (model, lococo.prefill(_attach(model, score_mode=mode), ids, segment_size=24))
+    torch.testing.assert_close(runs["last"][1].logits, runs["hybrid"][1].logits, rtol=0, atol=0)
+    scores = {}
+    for mode, (model, out) in runs.items():  # the same tokens, until a forward asks for scores (one query)
+        layer = out.cache.compressed_layers[0]
+        for step in range(8):
+            with torch.no_grad():
+                model(torch.tensor([[5 + step]]), past_key_values=out.cache, use_cache=True)
+            if layer.scores is not None:
+                break
+        scores[mode] = (step, layer.scores)
+    assert scores["last"][0] == scores["hybrid"][0] > 0
+    scores = {mode: s for mode, (_, s) in scores.items()}
+    assert not torch.allclose(scores["last"][:, 0], scores["last"][:, 1])  # one query: the heads disagree
+    torch.testing.assert_close(scores["hybrid"], summed_over_layer(scores["last"]))  # TOVA's ranking

@@ -14,7 +14,9 @@
 #   bash reports/signals/run_signals.sh eval shipped-query   # the shipped heads read with query scores, untrained
 #   bash reports/signals/run_signals.sh decode VARIANT       # decode fidelity, reports/decode.json's 4 sequences
 #                                                   # (shipped-recent: the shipped heads scored by every query since
-#                                                   # the latest compression; in prefill that is what they read)
+#                                                   # the latest compression; in prefill that is what they read;
+#                                                   # shipped-hybrid: their own "last" scores, summed over the
+#                                                   # layer's heads when they come from one query, in decoding)
 #   python reports/signals/summarize.py              # paired comparisons against TOVA, shipped heads, curves
 #
 # Recipe (both): fresh heads, M = 128, lambda starting at 0.1 (close to exact selection, which is level with
@@ -45,7 +47,7 @@ case "${1:-}" in
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;
     eval|decode)
-        VARIANT=${2:?lm, kl, query, layer, shipped-query or shipped-recent}
+        VARIANT=${2:?lm, kl, query, layer, layer-long or shipped-query|recent|hybrid}
         HEADS="$OUT/$VARIANT/heads"
         if [[ "$VARIANT" == shipped-* ]]; then
             # no training: the shipped M = 128 heads (trained with "last" scores) read with another score mode
@@ -64,5 +66,5 @@ json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json" "${VARIANT#shi
                 --heads "$HEADS" --threads 1 --seed 0 --no-progress --output "$OUT/decode_$VARIANT.json"
         fi ;;
     *)
-        echo "usage: $0 train lm|kl|query|layer | eval|decode lm|kl|query|layer|shipped-query|shipped-recent" >&2; exit 2 ;;
+        echo "usage: $0 train lm|kl|query|layer | eval|decode lm|kl|query|layer|layer-long|shipped-query|shipped-recent|shipped-hybrid" >&2; exit 2 ;;
 esac

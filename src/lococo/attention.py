@@ -288,7 +288,7 @@ def make_attention_function(base_name: str):
                 weights = None
             else:
                 scores = column_scores(query, key, scaling, visible, query_valid, window, softcap, sinks)
-        lococo_layer.record_scores(scores)
+        lococo_layer.record_scores(scores, q_len)
         return out, weights
 
     lococo_attention.__name__ = f"lococo_{base_name}"

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from .models_support import layout_for_policy
-from .policies.base import Policy
+from .policies.base import Policy, summed_over_layer
 from .positions import KeyRotation, incoming_positions, next_position, reindexed
 
 _SUMMED = ("accumulated", "recent")
@@ -142,9 +142,11 @@ class CompressedLayer(CacheLayerMixin):
             return None
         return self.policy.score_window or 0
 
-    def record_scores(self, scores: torch.Tensor) -> None:
-        """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward."""
+    def record_scores(self, scores: torch.Tensor, queries: int | None = None) -> None:
+        """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward (of ``queries`` queries)."""
         scores = scores.detach().float()
+        if queries == 1 and self.policy.one_query_over_layer:
+            scores = summed_over_layer(scores)
         if self.policy.score_mode in _SUMMED and self.scores is not None:
             scores = self.scores + scores
         self.scores = scores

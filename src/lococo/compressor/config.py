@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-SCORE_MODES = ("last", "accumulated", "query", "recent")
+SCORE_MODES = ("last", "accumulated", "query", "recent", "hybrid")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
 HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
 POSITION_SCHEMES = ("absolute", "reindexed")
@@ -45,8 +45,9 @@ class LoCoCoConfig:
             attention summed over the layer's heads: TOVA's rule, defined the same way in prefill and in
             decoding, and one query's scores instead of a segment's), or "recent" (the column sums of every
             query since the latest compression: "last" in a segmented prefill, and in decoding the ``buffer``
-            queries since the previous compression instead of one query's). With "query" and ``lambda_init`` 0 an
-            untrained LoCoCo keeps exactly what TOVA keeps.
+            queries since the previous compression instead of one query's), or "hybrid" ("last" in prefill; when
+            the scores come from one query, in decoding, summed over the layer's heads as TOVA ranks). With
+            "query" and ``lambda_init`` 0 an untrained LoCoCo keeps exactly what TOVA keeps.
         head_dtype: dtype of the head parameters ("auto" = the model's dtype).
         positions: the key positions the heads are trained with, and so the default of their caches
             (``make_cache(reindex_positions=None)``): "absolute" (tokens seen) or "reindexed" (counted inside

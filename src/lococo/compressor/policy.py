@@ -92,7 +92,8 @@ class LoCoCoPolicy(Policy):
         self.n_heavy = config.n_heavy
         self.local_window = config.local_window
         self.layer_average = config.score_mode == "query"  # TOVA's rule: the latest query, all heads of the layer
-        self.score_mode = "window" if self.layer_average else config.score_mode
+        self.one_query_over_layer = config.score_mode == "hybrid"  # "last", and TOVA's rule in decoding
+        self.score_mode = {"query": "window", "hybrid": "last"}.get(config.score_mode, config.score_mode)
         self.score_window = 1 if self.layer_average else None
 
     @property

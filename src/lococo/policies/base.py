@@ -45,6 +45,8 @@ class Policy:
             forwards, H2O), "recent" (sums over the forwards since the latest compression: "last" in a
             segmented prefill, every query since the previous compression in decoding), or "window" (column
             sums of the last ``score_window`` queries, SnapKV/TOVA).
+        one_query_over_layer: scores that come from a forward of one query (decoding) are summed over the
+            layer's KV heads before ranking, as TOVA ranks (LoCoCo's "hybrid" score mode).
         compresses: False only for the full cache.
         uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
         needs_model: True if the policy can only be built for a model (``lococo``: its heads).
@@ -73,6 +75,7 @@ class Policy:
     stateless: ClassVar[bool] = True
     reindex_default: ClassVar[bool] = True
     score_window: int | None = None
+    one_query_over_layer: bool = False  # scores of a one-query forward (decoding) summed over the layer's heads
 
     @classmethod
     def for_model(cls, model, **settings) -> Policy:

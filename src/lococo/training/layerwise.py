@@ -88,7 +88,7 @@ def student_step(layer: CompressedLayer, seen: dict) -> torch.Tensor:
         if window and window < q_len:
             scores = column_scores(query, keys, seen["scaling"], visible, None, window, seen["softcap"],
                                    seen["sinks"])
-        layer.record_scores(scores)
+        layer.record_scores(scores, q_len)
     return relative_error(out, seen["out"])
 
 
