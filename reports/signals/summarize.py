@@ -20,7 +20,8 @@ HERE = Path(__file__).parent
 REPORTS = HERE.parent
 LABELS = {"lm": "trained with lm", "kl": "trained with kl", "layer": "trained with layer",
           "query": "trained with lm, query scores", "shipped-query": "shipped heads read with query scores",
-          "shipped-recent": "shipped heads read with recent scores"}
+          "shipped-recent": "shipped heads read with recent scores",
+          "shipped-hybrid": "shipped heads read with hybrid scores"}
 """Variant (run_signals.sh's argument) -> its label in the table and the plot."""
 
 
@@ -37,8 +38,8 @@ def _fmt(stat: tuple, scale: float = 1.0, digits: int = 4, unit: str = "") -> st
 
 def main() -> None:
     base = {r["policy"]: r for r in _records(REPORTS / "ppl_docs16.json")}
-    rows = {"TOVA": base["tova"], "SnapKV": base["snapkv"], "LoCoCo, shipped heads": base["lococo"]}
-    decode = {"TOVA": "tova", "SnapKV": "snapkv", "LoCoCo, shipped heads": "lococo"}
+    rows = {"TOVA": base["tova"], "SnapKV": base["snapkv"], "LoCoCo, shipped heads, last scores": base["lococo"]}
+    decode = {"TOVA": "tova", "SnapKV": "snapkv", "LoCoCo, shipped heads, last scores": "lococo"}
     decode = {name: r for r in _records(REPORTS / "decode.json") for name, p in decode.items() if r["policy"] == p}
     for signal, label in LABELS.items():
         for r in _records(HERE / f"ppl_{signal}.json"):
@@ -64,6 +65,18 @@ def main() -> None:
         ratio = f"{d['decode_ratio']:.3f} [{d['decode_ratio_low']:.3f}, {d['decode_ratio_high']:.3f}]" if d else ""
         lines.append(f"| {name} | {r['ppl']:.2f} [{r['ppl_low']:.2f}, {r['ppl_high']:.2f}] | "
                      f"{_fmt(diff) if diff else '–'} | {_fmt(closed, 100, 1, '%') if closed else '–'} | {ratio} |")
+    decode_only = [name for name in decode if name not in rows]
+    if decode_only:  # score modes that change decoding only: their prefill is the shipped heads' (tests/test_cache.py)
+        ref = decode["LoCoCo, shipped heads, last scores"]
+        lines += ["", "Score modes that change decoding only (prefill identical to the shipped heads'), on the same 4 "
+                  "sequences; Δ decode nll paired against the shipped heads with their own scores and against TOVA:",
+                  "", "| policy | decode / segment | Δ decode nll vs shipped (nats) | Δ decode nll vs TOVA (nats) |",
+                  "|---|---|---|---|"]
+        for name in decode_only:
+            d = decode[name]
+            lines.append(f"| {name} | {d['decode_ratio']:.3f} [{d['decode_ratio_low']:.3f}, {d['decode_ratio_high']:.3f}] | "
+                         f"{_fmt(paired_difference(d['doc_decode_nll'], ref['doc_decode_nll']))} | "
+                         f"{_fmt(paired_difference(d['doc_decode_nll'], decode['TOVA']['doc_decode_nll']))} |")
     (HERE / "signals.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
