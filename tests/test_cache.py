@@ -320,15 +320,21 @@ def test_segment_loop_refuses_a_mask_that_does_not_cover_the_cache(tiny_llama):
         next(iter_segments(tiny_llama, torch.randint(0, 128, (1, 10)), cache, 8, grad=[True]))
 
 
-def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compression_in_decoding():
+def _prefilled_as_last_and(mode: str) -> dict:
+    """The same model and heads prefilled with 72 tokens (segments of 24, so every segment compresses) under
+    "last" and ``mode`` scores: {mode: (model, prefill output)}, after checking that the logits are identical."""
     ids = torch.randint(0, 128, (1, 72), generator=torch.Generator().manual_seed(0))
-    outs = {}
-    for mode in ("last", "recent"):
+    runs = {}
+    for name in ("last", mode):
         model = build_model(tiny_llama_config())
         torch.manual_seed(0)
-        outs[mode] = (model, lococo.prefill(_attach(model, score_mode=mode), ids, segment_size=24))
-    torch.testing.assert_close(outs["last"][1].logits, outs["recent"][1].logits, rtol=0, atol=0)
-    model, out = outs["recent"]
+        runs[name] = (model, lococo.prefill(_attach(model, score_mode=name), ids, segment_size=24))
+    torch.testing.assert_close(runs["last"][1].logits, runs[mode][1].logits, rtol=0, atol=0)
+    return runs
+
+
+def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compression_in_decoding():
+    model, out = _prefilled_as_last_and("recent")["recent"]
     layer = out.cache.compressed_layers[0]
     groups = 4 // 2  # query heads per KV head: each query's probabilities add 1 per head of its group
     since, compressions = 24, layer.compressions
@@ -345,13 +351,7 @@ def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compres
 def test_hybrid_scores_are_last_in_prefill_and_tova_s_layer_sums_in_decoding():
     from lococo.policies.base import summed_over_layer
 
-    ids = torch.randint(0, 128, (1, 72), generator=torch.Generator().manual_seed(0))
-    runs = {}
-    for mode in ("last", "hybrid"):
-        model = build_model(tiny_llama_config())
-        torch.manual_seed(0)
-        runs[mode] = (model, lococo.prefill(_attach(model, score_mode=mode), ids, segment_size=24))
-    torch.testing.assert_close(runs["last"][1].logits, runs["hybrid"][1].logits, rtol=0, atol=0)
+    runs = _prefilled_as_last_and("hybrid")
     scores = {}
     for mode, (model, out) in runs.items():  # the same tokens, until a forward asks for scores (one query)
         layer = out.cache.compressed_layers[0]
