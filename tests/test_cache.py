@@ -348,20 +348,29 @@ def test_recent_scores_are_last_in_prefill_and_sum_the_queries_since_the_compres
     assert compressions >= after_prefill + 2  # the sums were checked across decoding-time compressions
 
 
-def test_hybrid_scores_are_last_in_prefill_and_tova_s_layer_sums_in_decoding():
+@pytest.mark.parametrize("mix", [True, False])
+def test_hybrid_scores_are_last_in_prefill_and_tova_s_layer_sums_in_decoding(mix):
     from lococo.policies.base import summed_over_layer
 
-    runs = _prefilled_as_last_and("hybrid")
-    scores = {}
-    for mode, (model, out) in runs.items():  # the same tokens, until a forward asks for scores (one query)
-        layer = out.cache.compressed_layers[0]
-        for step in range(8):
-            with torch.no_grad():
-                model(torch.tensor([[5 + step]]), past_key_values=out.cache, use_cache=True)
-            if layer.scores is not None:
-                break
-        scores[mode] = (step, layer.scores)
-    assert scores["last"][0] == scores["hybrid"][0] > 0
-    scores = {mode: s for mode, (_, s) in scores.items()}
-    assert not torch.allclose(scores["last"][:, 0], scores["last"][:, 1])  # one query: the heads disagree
-    torch.testing.assert_close(scores["hybrid"], summed_over_layer(scores["last"]))  # TOVA's ranking
+    model, _ = _prefilled_as_last_and("hybrid")["hybrid"]
+    lococo.get_heads(model).config.mix_in_decoding = mix
+    cache = lococo.make_cache(model)  # a cache of the updated config, fed the same prefill
+    lococo.prefill(model, torch.randint(0, 128, (1, 72), generator=torch.Generator().manual_seed(0)), cache=cache,
+                   segment_size=24)
+    layer = cache.compressed_layers[0]
+    for step in range(8):  # decode until a forward of one query leaves scores for the next compression
+        with torch.no_grad():
+            model(torch.tensor([[5 + step]]), past_key_values=cache, use_cache=True)
+        if layer.scores is not None:
+            break
+    assert layer.score_queries == 1 and step > 0
+    expected = layer.policy.compress(layer.keys, layer.values, summed_over_layer(layer.scores), None)
+    selected = layer.keys.gather(2, expected.sources[..., None].expand(-1, -1, -1, layer.keys.shape[-1]))
+    per_head = layer.policy.compress(layer.keys, layer.values, layer.scores, None)
+    assert not torch.equal(per_head.sources, expected.sources)  # one query's heads disagree: the ranking matters
+    with torch.no_grad():
+        model(torch.tensor([[99]]), past_key_values=cache, use_cache=True)  # compresses with those scores first
+    # mixed: the prefill's fold, ranked by the scores summed over the layer's heads (TOVA's ranking);
+    # not mixed: the same ranking, every slot a stored token
+    torch.testing.assert_close(layer.keys[:, :, :16], expected.keys if mix else selected)
+    assert not torch.allclose(expected.keys, selected)  # the two folds differ: the check could fail

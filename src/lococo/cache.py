@@ -19,7 +19,7 @@ from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
 from .models_support import layout_for_policy
-from .policies.base import Policy, summed_over_layer
+from .policies.base import Policy
 from .positions import KeyRotation, incoming_positions, next_position, reindexed
 
 _SUMMED = ("accumulated", "recent")
@@ -44,6 +44,7 @@ class CompressedLayer(CacheLayerMixin):
         self.valid: torch.Tensor | None = None  # [b, stored] or None (all slots real tokens)
         self.row_valid: list[int] | None = None  # valid slots per row, on the host (None with valid)
         self.scores: torch.Tensor | None = None  # [b, kv_heads, stored] importance scores (or None)
+        self.score_queries: int | None = None  # queries of the forward behind ``scores`` (None: several forwards)
         # validity of the tokens of the next update and its per-row counts on the host; None: all real
         self.incoming_valid: tuple[torch.Tensor, list[int]] | None = None
         self.compressions = 0
@@ -79,7 +80,7 @@ class CompressedLayer(CacheLayerMixin):
         if self.scores is not None and self.policy.score_mode in _SUMMED:
             self.scores = torch.cat([self.scores, self.scores.new_zeros(*self.scores.shape[:2], q)], dim=-1)
         else:
-            self.scores = None
+            self.scores = self.score_queries = None
         self.seen += q
         return self.keys, self.values
 
@@ -98,7 +99,7 @@ class CompressedLayer(CacheLayerMixin):
         self.keys = self.values = None
         self.is_initialized = False
         self.seen = 0
-        self.valid = self.scores = self.incoming_valid = self.row_valid = self.positions = None
+        self.valid = self.scores = self.incoming_valid = self.row_valid = self.positions = self.score_queries = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
@@ -143,13 +144,14 @@ class CompressedLayer(CacheLayerMixin):
         return self.policy.score_window or 0
 
     def record_scores(self, scores: torch.Tensor, queries: int | None = None) -> None:
-        """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward (of ``queries`` queries)."""
+        """Store column-summed attention ``[b, kv_heads, stored]`` of the latest forward (of ``queries`` queries:
+        scores of one query, summed over no other forward, are folded by ``Policy.compress_after_one_query``)."""
         scores = scores.detach().float()
-        if queries == 1 and self.policy.one_query_over_layer:
-            scores = summed_over_layer(scores)
-        if self.policy.score_mode in _SUMMED and self.scores is not None:
+        summed = self.policy.score_mode in _SUMMED
+        if summed and self.scores is not None:
             scores = self.scores + scores
         self.scores = scores
+        self.score_queries = None if summed else queries
 
     def detach_(self) -> None:
         """Cut the autograd graph through the stored memory (truncated back-propagation)."""
@@ -192,7 +194,8 @@ class CompressedLayer(CacheLayerMixin):
         scores = self.scores
         if scores is None:
             scores = torch.zeros(self.keys.shape[:3], device=self.keys.device) if self.policy.score_mode else None
-        folded = self.policy.compress(self.keys, self.values, scores, self.valid)
+        fold = self.policy.compress_after_one_query if self.score_queries == 1 else self.policy.compress
+        folded = fold(self.keys, self.values, scores, self.valid)
         positions = None if self.positions is None else self.positions.gather(-1, folded.sources)
         return folded.keys, folded.values, folded.scores, positions
 

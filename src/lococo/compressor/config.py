@@ -53,6 +53,10 @@ class LoCoCoConfig:
             (``make_cache(reindex_positions=None)``): "absolute" (tokens seen) or "reindexed" (counted inside
             the cache after every compression, :mod:`lococo.positions`). Heads trained one way read worse the
             other way (docs/policies.md).
+        mix_in_decoding: whether decoding-time compressions (every ``buffer + 1`` tokens, scored by one query)
+            mix the fused slots as prefill compressions do (True), or keep the top-C of the rest exactly
+            (False: selection only, no conv), so that fused slots are not re-mixed 30 times as often per
+            token in decoding as in prefill.
     """
 
     mem_size: int = 128
@@ -68,6 +72,7 @@ class LoCoCoConfig:
     score_mode: str = "last"
     head_dtype: str = "float32"
     positions: str = "absolute"
+    mix_in_decoding: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -110,6 +115,7 @@ class LoCoCoConfig:
         need(self.score_mode in SCORE_MODES, f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         need(self.head_dtype in HEAD_DTYPES, f"head_dtype must be one of {HEAD_DTYPES}, got {self.head_dtype!r}")
         need(self.positions in POSITION_SCHEMES, f"positions must be one of {POSITION_SCHEMES}, got {self.positions!r}")
+        need(isinstance(self.mix_in_decoding, bool), f"mix_in_decoding must be true or false, got {self.mix_in_decoding!r}")
         need(
             isinstance(self.lambda_init, (int, float)) and not isinstance(self.lambda_init, bool)
             and 0.0 <= float(self.lambda_init) <= 1.0,

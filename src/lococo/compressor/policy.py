@@ -32,6 +32,7 @@ def lococo_compress(
     values: torch.Tensor,
     scores: torch.Tensor,
     valid: torch.Tensor | None,
+    mix: bool = True,
 ) -> Folded:
     """Fold ``L`` stored slots into ``n_heavy + head.n_fused`` slots, vectorised over batch and KV heads.
 
@@ -40,7 +41,8 @@ def lococo_compress(
     3. ``W = (1 - lambda) P + lambda A`` with P the one-hot top-C of R by score (in order);
     4. memory = ``[K_H ; W K_R]`` (same W for values); carried scores ``[s_H ; W s_R]``.
 
-    A fused slot stands for its top-C token (``Folded.sources``).
+    A fused slot stands for its top-C token (``Folded.sources``). ``mix=False`` keeps the top-C tokens of R
+    exactly (lambda 0, no conv): selection only.
     """
     b, h, length, _ = keys.shape
     n_fused = head.n_fused
@@ -54,8 +56,12 @@ def lococo_compress(
     k_h, v_h, s_h = gather_slots(keys, idx_h), gather_slots(values, idx_h), gather_slots(scores.float(), idx_h)
     if n_fused == 0:
         return Folded(k_h, v_h, s_h, idx_h)
-    k_r, v_r = gather_slots(keys, idx_r), gather_slots(values, idx_r)
     s_r = gather_slots(s, idx_r)
+    top = topk_in_order(s_r, n_fused)  # [b, h, C] positions within R
+    if not mix:
+        idx = torch.cat([idx_h, idx_r.gather(-1, top)], dim=-1)
+        return Folded(gather_slots(keys, idx), gather_slots(values, idx), gather_slots(scores.float(), idx), idx)
+    k_r, v_r = gather_slots(keys, idx_r), gather_slots(values, idx_r)
     valid_r = None if valid is None else gather_slots(valid[:, None, :].expand(b, h, length), idx_r)
 
     with torch.profiler.record_function("lococo.conv"):
@@ -64,7 +70,6 @@ def lococo_compress(
         logits = logits.masked_fill(~valid_r[:, :, None, :], NEG_INF)
         logits = logits.masked_fill(~valid_r.any(-1)[:, :, None, None], 0.0)  # rows not compressed: no NaN
     mix = logits.softmax(dim=-1)
-    top = topk_in_order(s_r, n_fused)  # [b, h, C] positions within R
     onehot = torch.zeros_like(mix).scatter_(-1, top.unsqueeze(-1), 1.0)
     lam = head.blend_weight().float()
     weight = (1.0 - lam) * onehot + lam * mix  # [b, h, C, R]
@@ -92,7 +97,8 @@ class LoCoCoPolicy(Policy):
         self.n_heavy = config.n_heavy
         self.local_window = config.local_window
         self.layer_average = config.score_mode == "query"  # TOVA's rule: the latest query, all heads of the layer
-        self.one_query_over_layer = config.score_mode == "hybrid"  # "last", and TOVA's rule in decoding
+        self.one_query_over_layer = config.score_mode == "hybrid"  # "last", and TOVA's ranking in decoding
+        self.mix_in_decoding = config.mix_in_decoding
         self.score_mode = {"query": "window", "hybrid": "last"}.get(config.score_mode, config.score_mode)
         self.score_window = 1 if self.layer_average else None
 
@@ -155,3 +161,12 @@ class LoCoCoPolicy(Policy):
         if self.layer_average:
             scores = summed_over_layer(scores)
         return lococo_compress(head, self.n_heavy, self.local_window, keys, values, scores, valid)
+
+    def compress_after_one_query(self, keys, values, scores, valid):
+        """Decoding: with "hybrid" scores the one query's scores are summed over the layer's heads (TOVA's
+        ranking); with ``mix_in_decoding`` False the fused slots are chosen, not mixed."""
+        head = self.heads.head(self.layer_idx)
+        if self.layer_average or self.one_query_over_layer:
+            scores = summed_over_layer(scores)
+        return lococo_compress(head, self.n_heavy, self.local_window, keys, values, scores, valid,
+                               mix=self.mix_in_decoding)

@@ -45,8 +45,6 @@ class Policy:
             forwards, H2O), "recent" (sums over the forwards since the latest compression: "last" in a
             segmented prefill, every query since the previous compression in decoding), or "window" (column
             sums of the last ``score_window`` queries, SnapKV/TOVA).
-        one_query_over_layer: scores that come from a forward of one query (decoding) are summed over the
-            layer's KV heads before ranking, as TOVA ranks (LoCoCo's "hybrid" score mode).
         compresses: False only for the full cache.
         uses_mem_size: False for policies that keep everything (``full``): they take no ``mem_size``.
         needs_model: True if the policy can only be built for a model (``lococo``: its heads).
@@ -75,7 +73,6 @@ class Policy:
     stateless: ClassVar[bool] = True
     reindex_default: ClassVar[bool] = True
     score_window: int | None = None
-    one_query_over_layer: bool = False  # scores of a one-query forward (decoding) summed over the layer's heads
 
     @classmethod
     def for_model(cls, model, **settings) -> Policy:
@@ -115,6 +112,18 @@ class Policy:
         """Return exactly ``mem_size`` slots: keys, values, scores carried for accumulated modes, and the
         stored slot each one stands for (:class:`Folded`)."""
         raise NotImplementedError
+
+    def compress_after_one_query(
+        self,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        scores: torch.Tensor | None,
+        valid: torch.Tensor | None,
+    ) -> Folded:
+        """The fold when the scores come from a forward of one query (decoding, every ``buffer + 1`` tokens).
+        The same as :meth:`compress` unless a policy folds differently there (LoCoCo's "hybrid" scores,
+        ``LoCoCoConfig.mix_in_decoding``)."""
+        return self.compress(keys, values, scores, valid)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(mem_size={self.mem_size}, buffer={self.buffer})"
