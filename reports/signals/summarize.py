@@ -21,7 +21,8 @@ REPORTS = HERE.parent
 LABELS = {"lm": "trained with lm", "kl": "trained with kl", "layer": "trained with layer",
           "query": "trained with lm, query scores", "shipped-query": "shipped heads read with query scores",
           "shipped-recent": "shipped heads read with recent scores",
-          "shipped-hybrid": "shipped heads read with hybrid scores"}
+          "shipped-hybrid": "shipped heads read with hybrid scores",
+          "shipped-hybrid-select": "shipped heads, hybrid scores, selection only in decoding"}
 """Variant (run_signals.sh's argument) -> its label in the table and the plot."""
 
 
