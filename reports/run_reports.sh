@@ -6,6 +6,7 @@
 #   bash reports/run_reports.sh ppl-intervals # 8K perplexity on 4 documents with intervals, M = 128     ~25 min
 #   bash reports/run_reports.sh ppl-all-docs  # 8K perplexity on all 11 held-out 8K sequences, M = 128     ~55 min
 #   bash reports/run_reports.sh decode        # decode fidelity after 8K tokens, 4 documents, M = 128      ~35 min
+#   bash reports/run_reports.sh decode-512    # decode fidelity at M = 512: SnapKV, StreamingLLM, h2o-last  ~30 min
 #   bash reports/run_reports.sh decode-grid   # decode fidelity, 8 policies x M in {128, 512} x 8K/16K, 4 docs  ~5 h
 #   bash reports/run_reports.sh passkey       # passkey up to 8K, 10 keys x 5 depths per cell, fp32  ~9 h (!)
 #   bash reports/run_reports.sh passkey-2keys # the older protocol behind reports/passkey.json (bf16: needs a
@@ -65,6 +66,12 @@ if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
     # Decode fidelity: 4 held-out sequences of 8K tokens; the last 256 fed one at a time vs as one segment.
     lococo eval decode --length 8192 --decode-tokens 256 --policy full tova snapkv streaming h2o-last lococo \
         --mem-size 128 --heads shipped --num-docs 4 "${RUN[@]}" --output reports/decode.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == decode-512 ]]; then
+    # The heuristics of reports/decode.json at M = 512 (TOVA and LoCoCo at M = 512: reports/signals/decode512*.json)
+    lococo eval decode --length 8192 --decode-tokens 256 --policy snapkv streaming h2o-last \
+        --mem-size 512 --num-docs 4 "${RUN[@]}" --output reports/decode_m512.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == decode-grid ]]; then

@@ -47,14 +47,19 @@ case "${1:-}" in
         cp "runs/signals-$2/metrics.jsonl" "$OUT/$2/metrics.jsonl"
         rm -rf "$OUT/$2/heads"; cp -r "runs/signals-$2/heads" "$OUT/$2/heads" ;;
     eval|decode)
-        VARIANT=${2:?lm, kl, query, layer, layer-long or shipped-query|recent|hybrid}
+        VARIANT=${2:?lm, kl, query, layer, layer-long or shipped-query|recent|hybrid|hybrid-select}
         HEADS="$OUT/$VARIANT/heads"
         if [[ "$VARIANT" == shipped-* ]]; then
             # no training: the shipped M = 128 heads (trained with "last" scores) read with another score mode
             HEADS=runs/signals-$VARIANT/heads; rm -rf "$HEADS"; mkdir -p "$(dirname "$HEADS")"
             cp -r src/lococo/compressor/pretrained/smollm2-135m-m128 "$HEADS"
-            python -c "import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['config']['score_mode'] = sys.argv[2]
-json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json" "${VARIANT#shipped-}"
+            # shipped-MODE: score mode MODE, mixing in decoding as the heads were trained;
+            # shipped-hybrid-select: "hybrid" with selection only in decoding (what the shipped heads now do)
+            MODE=${VARIANT#shipped-}; MIX=True
+            [[ "$MODE" == hybrid-select ]] && { MODE=hybrid; MIX=False; }
+            python -c "import json, sys; p = sys.argv[1]; d = json.load(open(p))
+d['config'].update(score_mode=sys.argv[2], mix_in_decoding=sys.argv[3] == 'True')
+json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json" "$MODE" "$MIX"
         fi
         if [[ "$1" == eval ]]; then
             # the same 11 sequences as reports/ppl_docs16.json (full, TOVA, SnapKV, shipped heads), read the same way
@@ -66,5 +71,5 @@ json.dump(d, open(p, 'w'), indent=2)" "$HEADS/lococo_config.json" "${VARIANT#shi
                 --heads "$HEADS" --threads 1 --seed 0 --no-progress --output "$OUT/decode_$VARIANT.json"
         fi ;;
     *)
-        echo "usage: $0 train lm|kl|query|layer | eval|decode lm|kl|query|layer|layer-long|shipped-query|shipped-recent|shipped-hybrid" >&2; exit 2 ;;
+        echo "usage: $0 train lm|kl|query|layer | eval|decode lm|kl|query|layer|layer-long|shipped-query|shipped-recent|shipped-hybrid|shipped-hybrid-select" >&2; exit 2 ;;
 esac
