@@ -242,6 +242,14 @@ def _fusable(kwargs: dict) -> bool:
     return all(v is None or v is False or k in _FUSABLE for k, v in kwargs.items())
 
 
+def _score_arguments(module: nn.Module, query: torch.Tensor, kwargs: dict) -> tuple:
+    """(scaling, softcap, sinks) as the model's own attention applies them (for the scores and observers)."""
+    scaling = kwargs.get("scaling")
+    if scaling is None:
+        scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+    return scaling, kwargs.get("softcap"), kwargs.get("s_aux")
+
+
 def make_attention_function(base_name: str):
     """The ``lococo_<base_name>`` attention function: the base implementation plus on-demand scores."""
     flash = _is_flash(base_name)
@@ -269,14 +277,11 @@ def make_attention_function(base_name: str):
                  and not lococo_layer.observes)
         if not fused:
             out, weights = call_base(module, query, key, value, attention_mask, **kwargs)
-        scaling = kwargs.get("scaling")
-        if scaling is None:
-            scaling = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
-        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
         if lococo_layer.observes:  # a teacher layer of layer-wise training (lococo.training.layerwise)
-            lococo_layer.observe(query, out, scaling, softcap, sinks)
+            lococo_layer.observe(query, out, *_score_arguments(module, query, kwargs))
         if window is None:
             return out, weights
+        scaling, softcap, sinks = _score_arguments(module, query, kwargs)
         if visible is None:
             visible = _visible_from_mask(attention_mask, b, q_len, kv_len, query.device)
         query_valid = None

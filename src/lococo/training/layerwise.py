@@ -27,9 +27,7 @@ from ..cache import CompressedCache, CompressedLayer
 from ..compressor.heads import get_heads
 from ..compressor.policy import LoCoCoPolicy
 from ..generation import iter_segments
-from ..models_support import layout_for_policy
 from ..policies.baselines import FullPolicy
-from ..positions import KeyRotation
 
 
 class TeacherLayer(CompressedLayer):
@@ -57,14 +55,11 @@ def teacher_cache(model) -> CompressedCache:
 
 
 def student_layers(model) -> dict[int, CompressedLayer]:
-    """One inference cache layer per compressed layer of ``model``, under its LoCoCo heads (and their positions
-    scheme), as :class:`~lococo.cache.CompressedCache` builds them."""
+    """One inference cache layer per compressed layer of ``model``, under its LoCoCo heads and their positions
+    scheme: the layers of the cache inference would build."""
     policy = LoCoCoPolicy(get_heads(model))
-    reindex = policy.reindex_default
-    layout = layout_for_policy(model, policy, reindex_positions=reindex)
-    rotation = KeyRotation(model) if reindex else None
-    return {i: CompressedLayer(policy.for_layer(i), rotation) for i, kind in enumerate(layout.layer_types)
-            if kind == "full_attention"}
+    cache = CompressedCache(model, policy, reindex_positions=policy.reindex_default)
+    return {i: layer for i, layer in enumerate(cache.layers) if isinstance(layer, CompressedLayer)}
 
 
 def relative_error(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
