@@ -11,7 +11,8 @@
 #                                               # -> reports/ruler/ruler_kvpress.json (+ .md, .png)
 #
 # Done so far: `first` (34 min on one thread, the other core busy); `kvpress` (27 min: venv 70 s, samples 52 s,
-# 60 answers 1331 s, prefill memory 202 s, merge 4 s, the other core busy).
+# 60 answers 1331 s, prefill memory 202 s, merge 4 s, the other core busy); `aware` (71 min of cells);
+# `kvpress-aware` (37 min of answers).
 #
 # One thread per command; a grid resumes where it stopped when rerun with the same command. A command with other
 # --task / --length / --samples / --setting / --mem-size values starts its report afresh (the samples are the same:
