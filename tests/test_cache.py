@@ -18,6 +18,7 @@ from transformers import (
 import lococo
 from conftest import build_model, tiny_llama_config
 from lococo import LoCoCoConfig
+from lococo.policies.baselines import TOVAPolicy
 
 SMALL = dict(mem_size=16, buffer=4, kernel_size=5)
 
@@ -97,6 +98,51 @@ def test_left_padded_batch_equals_each_row_alone(tiny_llama, policy):
     for i, row in enumerate(rows):
         alone = lococo.prefill(tiny_llama, row, cache=lococo.make_cache(tiny_llama, policy, **kw), segment_size=8)
         assert torch.allclose(batched.logits[i], alone.logits[0], atol=1e-4), i
+
+
+class _PerLayerTOVA(TOVAPolicy):
+    """TOVA keeping a different number of slots in each layer (PyramidKV-style budgets through ``for_layer``)."""
+
+    def __init__(self, sizes: tuple[int, ...], buffer: int = 4) -> None:
+        super().__init__(max(sizes), buffer)
+        self.sizes = sizes
+
+    def for_layer(self, layer_idx: int) -> TOVAPolicy:
+        return TOVAPolicy(self.sizes[layer_idx], self.buffer)
+
+
+def test_layers_may_keep_different_numbers_of_slots_in_a_padded_batch(tiny_llama):
+    rows = [torch.randint(1, 128, (1, n)) for n in (61, 37)]
+    ids = torch.zeros(2, 61, dtype=torch.long)
+    mask = torch.zeros(2, 61, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, 61 - row.shape[1] :] = row[0]
+        mask[i, 61 - row.shape[1] :] = 1
+
+    def cache():
+        return lococo.make_cache(tiny_llama, _PerLayerTOVA((24, 8)), reindex_positions=False)
+
+    batched = lococo.prefill(tiny_llama, ids, mask, cache=(kept := cache()), segment_size=8)
+    assert kept.compressed_layers[0].stored > kept.compressed_layers[1].stored
+    steps = torch.randint(1, 128, (2, 6))
+    with torch.no_grad():
+        decoded = [
+            tiny_llama(
+                steps[:, i : i + 1],
+                attention_mask=torch.cat([mask, torch.ones(2, i + 1, dtype=torch.long)], 1),
+                position_ids=mask.sum(1, keepdim=True) + i,  # the padded row's own positions, as generate gives
+                past_key_values=kept,
+                use_cache=True,
+            ).logits[:, -1]
+            for i in range(steps.shape[1])
+        ]
+    for i, row in enumerate(rows):
+        alone = lococo.prefill(tiny_llama, row, cache=(own := cache()), segment_size=8)
+        assert torch.allclose(batched.logits[i], alone.logits[0], atol=1e-4), i
+        with torch.no_grad():
+            for step, logits in enumerate(decoded):
+                out = tiny_llama(steps[i : i + 1, step : step + 1], past_key_values=own, use_cache=True).logits[0, -1]
+                assert torch.allclose(logits[i], out, atol=1e-4), (i, step)
 
 
 def test_batched_generate_equals_each_row_alone(tiny_llama):

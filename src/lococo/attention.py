@@ -265,6 +265,8 @@ def make_attention_function(base_name: str):
             return call_base(module, query, key, value, attention_mask, **kwargs)
         b, _, q_len, _ = query.shape
         kv_len = key.shape[2]
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4 and attention_mask.shape[-1] > kv_len:
+            attention_mask = attention_mask[..., -kv_len:]  # a layer keeping fewer slots than the longest one
         visible = None
         if lococo_layer.valid is not None:
             visible = _layer_visibility(lococo_layer, attention_mask, b, q_len, kv_len, query.device)

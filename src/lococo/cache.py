@@ -281,8 +281,18 @@ class CompressedCache(Cache):
     def compressed_layers(self) -> list[CompressedLayer]:
         return [layer for layer in self.layers if isinstance(layer, CompressedLayer)]
 
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        """The mask of the compressed layers spans the longest of them (layers may keep different numbers of
+        slots, :class:`~lococo.policies.base.Policy` ``for_layer``); each layer reads its own last columns,
+        every stored slot being visible (bottom-right aligned causality)."""
+        layer = self.layers[layer_idx] if layer_idx < len(self.layers) else None
+        if not isinstance(layer, CompressedLayer):
+            return super().get_mask_sizes(query_length, layer_idx)
+        stored = max(other._stored_after_compaction() for other in self.compressed_layers)
+        return stored + query_length, layer.seen - stored
+
     def stored_length(self) -> int:
-        """Slots stored by the compressed layers (the same for all of them)."""
+        """Slots stored by the compressed layers (the most any of them holds)."""
         return max((layer.stored for layer in self.compressed_layers), default=0)
 
     def cache_bytes(self) -> int:

@@ -99,7 +99,9 @@ class Policy:
         self.buffer = int(buffer)
 
     def for_layer(self, layer_idx: int) -> Policy:
-        """The policy instance used by one layer (stateless policies share themselves)."""
+        """The policy instance used by one layer (stateless policies share themselves). Layers may keep
+        different numbers of slots (per-layer budgets, as PyramidKV): return a policy with that layer's
+        ``mem_size``; masks and padding follow each layer's own length."""
         return self
 
     def compress(
