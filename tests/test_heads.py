@@ -89,6 +89,28 @@ def test_lambda_zero_is_exact_top_m_selection(rho):
     assert torch.allclose(got, expected.sort(dim=2).values, atol=1e-6)
 
 
+def test_a_head_with_lambda_exactly_zero_does_not_run_its_conv(monkeypatch):
+    head, cfg = _head(rho=0.5, lam=0.0)
+    keys, values, scores = torch.randn(2, 3, 30, 4), torch.randn(2, 3, 30, 4), torch.rand(2, 3, 30)
+    with torch.no_grad():
+        head.lam_logit.fill_(-20.0)  # lambda ~2e-9: mixes
+    mixed = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    with torch.no_grad():
+        head.lam_logit.fill_(float("-inf"))  # an in-place change is seen (no stale answer)
+
+    def no_conv(*args):
+        raise AssertionError("the conv ran for a head with lambda 0")
+
+    monkeypatch.setattr(head, "mixing_logits", no_conv)
+    selected = lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+    for a, b in zip(mixed, selected, strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+    with torch.no_grad():
+        head.lam_logit.fill_(0.0)
+    with pytest.raises(AssertionError, match="the conv ran"):
+        lococo_compress(head, cfg.n_heavy, 0, keys, values, scores, None)
+
+
 def test_fused_slots_are_convex_mixtures_of_the_remaining_tokens():
     head, cfg = _head(rho=0.5, lam=1.0)
     keys = torch.randn(1, 1, 20, 4)

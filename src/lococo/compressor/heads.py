@@ -50,6 +50,7 @@ class ConvCompressorHead(nn.Module):
             nn.init.zeros_(conv.bias)  # the research code left it uninitialised (NaN)
         self.act = _ACTIVATIONS[config.activation]()
         self.lam_logit = nn.Parameter(torch.logit(torch.tensor(float(config.lambda_init))))
+        self._selects: tuple[int, bool] | None = None  # (lam_logit's version, lambda == 0)
 
     @property
     def lam(self) -> torch.Tensor:
@@ -58,6 +59,15 @@ class ConvCompressorHead(nn.Module):
 
     def blend_weight(self) -> torch.Tensor:
         return self.lam
+
+    def selects_only(self) -> bool:
+        """True when lambda is exactly 0 (``lam_logit`` = -inf, which no gradient moves): the fused slots are then
+        the top-C tokens themselves and the conv need not run. Read from the device only when ``lam_logit``
+        has changed since the last call (an optimiser step, a load), so the hot path never waits for it."""
+        version = self.lam_logit._version
+        if self._selects is None or self._selects[0] != version:
+            self._selects = (version, bool(torch.isneginf(self.lam_logit.detach())))
+        return self._selects[1]
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

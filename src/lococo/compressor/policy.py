@@ -42,7 +42,8 @@ def lococo_compress(
     4. memory = ``[K_H ; W K_R]`` (same W for values); carried scores ``[s_H ; W s_R]``.
 
     A fused slot stands for its top-C token (``Folded.sources``). ``mix=False`` keeps the top-C tokens of R
-    exactly (lambda 0, no conv): selection only.
+    exactly (lambda 0, no conv): selection only; a head whose lambda is exactly 0 gives the same slots without
+    running its conv.
     """
     b, h, length, _ = keys.shape
     n_fused = head.n_fused
@@ -58,7 +59,7 @@ def lococo_compress(
         return Folded(k_h, v_h, s_h, idx_h)
     s_r = gather_slots(s, idx_r)
     top = topk_in_order(s_r, n_fused)  # [b, h, C] positions within R
-    if not mix:
+    if not mix or head.selects_only():
         idx = torch.cat([idx_h, idx_r.gather(-1, top)], dim=-1)
         return Folded(gather_slots(keys, idx), gather_slots(values, idx), gather_slots(scores.float(), idx), idx)
     k_r, v_r = gather_slots(keys, idx_r), gather_slots(values, idx_r)
