@@ -6,6 +6,9 @@
 #   bash reports/ruler/run_report.sh aware      # the same tasks, samples and policies, query-aware (the question
 #                                               # also before the context), M = 128 and 512 -> ruler_aware.json
 #   bash reports/ruler/run_report.sh kvpress-aware   # kvpress on those samples -> ruler_aware_kvpress.json
+#   bash reports/ruler/run_report.sh agg        # the aggregation and QA tasks (cwe, fwe, qa_1), 4096, 10 samples,
+#                                               # query-agnostic, M = 128: full, streaming, TOVA, SnapKV, LoCoCo
+#                                               # -> ruler_agg.json: tasks where a compressed cache can keep part
 #   bash reports/ruler/run_report.sh kvpress    # kvpress's StreamingLLM, SnapKV and TOVA presses on the same samples,
 #                                               # merged beside ours, and TOVAPress's prefill memory at 4K and 8K
 #                                               # -> reports/ruler/ruler_kvpress.json (+ .md, .png)
@@ -31,6 +34,10 @@ case "${1:-}" in
         lococo eval ruler --task niah_single_1 vt --length 4096 --samples 10 --setting query-aware \
             --policy full streaming tova snapkv lococo --mem-size 128 512 --heads shipped --threads 1 --seed 0 \
             --no-progress --output reports/ruler/ruler_aware.json ;;
+    agg)
+        lococo eval ruler --task cwe fwe qa_1 --length 4096 --samples 10 --setting query-agnostic \
+            --policy full streaming tova snapkv lococo --mem-size 128 --heads shipped --threads 1 --seed 0 \
+            --no-progress --output reports/ruler/ruler_agg.json ;;
     kvpress-aware)
         LOCOCO_REPORT=reports/ruler/ruler_aware.json OUT=runs/kvpress-ruler-aware \
             MERGED=reports/ruler/ruler_aware_kvpress.json PRESSES="streaming_llm snapkv tova" MEM_SIZES="128 512"
@@ -40,5 +47,5 @@ case "${1:-}" in
         LOCOCO_REPORT=reports/ruler/ruler.json OUT=runs/kvpress-ruler MERGED=reports/ruler/ruler_kvpress.json \
             PRESSES="streaming_llm snapkv tova" MEM_SIZES=128 MEMORY_PRESSES=tova bash reports/ruler/run_kvpress.sh all ;;
     *)
-        echo "usage: $0 first|aware|kvpress|kvpress-aware" >&2; exit 2 ;;
+        echo "usage: $0 first|aware|agg|kvpress|kvpress-aware" >&2; exit 2 ;;
 esac
