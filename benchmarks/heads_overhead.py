@@ -7,6 +7,10 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
     python benchmarks/heads_overhead.py --mem-size 128 512 --tokens 4096 --repeats 3 --threads 1
     python benchmarks/heads_overhead.py --mem-size 128 --head-dtype bfloat16 \
         --output benchmarks/results/heads_overhead_bf16.json
+    python benchmarks/heads_overhead.py --heads shipped --output benchmarks/results/heads_overhead_shipped.json
+
+``--heads fresh`` (default) times untrained heads of the default config; ``--heads shipped`` the heads shipped
+for the reference model (their own config: score mode, lambda per layer; ``--head-dtype`` is then ignored).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--head-dtype", default="float32", help="dtype of the heads (the conv runs in it)")
+    parser.add_argument("--heads", choices=["fresh", "shipped"], default="fresh")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/heads_overhead.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,8 +59,11 @@ def main() -> None:
     ids = long_text_ids(tokenizer, args.tokens)
     records = []
     for mem in args.mem_size:
-        lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
-                                                 head_dtype=args.head_dtype))
+        if args.heads == "shipped":
+            lococo.load_heads(model, lococo.shipped_heads(model, mem))
+        else:
+            lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
+                                                     head_dtype=args.head_dtype))
         times: dict[str, list[float]] = {"window": [], "lococo": []}
         read(model, ids[:, : 2 * args.segment_size], lococo.make_cache(model, "window", mem_size=mem), args.segment_size)
         for _ in range(args.repeats):
@@ -66,7 +74,7 @@ def main() -> None:
         breakdown = profile_breakdown(model, ids, args.segment_size)
         segments = len(segment_bounds(args.tokens, args.segment_size)) - 2
         records.append({
-            "policy": "lococo", "mem_size": mem, "head_dtype": args.head_dtype, "segment_size": args.segment_size, "length": args.tokens,
+            "policy": "lococo", "heads": args.heads, "mem_size": mem, "head_dtype": args.head_dtype, "segment_size": args.segment_size, "length": args.tokens,
             "window_segment_s": window, "lococo_segment_s": lococo_s, "overhead": lococo_s / window - 1,
             "segments_timed": len(times["lococo"]),
             "profile_s_per_segment": {k: round(v / segments, 4) for k, v in breakdown.items()},
