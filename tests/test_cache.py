@@ -82,17 +82,22 @@ def test_segment_bounds_are_anchored_at_the_end():
     assert lococo.generation.segment_bounds(8, 4) == [(0, 4), (4, 8)]
 
 
-@pytest.mark.parametrize("policy", ["lococo", "window"])
-def test_left_padded_batch_equals_each_row_alone(tiny_llama, policy):
-    _attach(tiny_llama)
-    lengths = [70, 43]
-    rows = [torch.randint(0, 128, (1, n)) for n in lengths]
+def _left_padded(lengths: tuple[int, ...], low: int = 0) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Random rows of ``lengths`` tokens, and the left-padded batch of them: (rows, ids, attention mask)."""
+    rows = [torch.randint(low, 128, (1, n)) for n in lengths]
     width = max(lengths)
-    ids = torch.zeros(2, width, dtype=torch.long)
-    mask = torch.zeros(2, width, dtype=torch.long)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, width - row.shape[1] :] = row[0]
         mask[i, width - row.shape[1] :] = 1
+    return rows, ids, mask
+
+
+@pytest.mark.parametrize("policy", ["lococo", "window"])
+def test_left_padded_batch_equals_each_row_alone(tiny_llama, policy):
+    _attach(tiny_llama)
+    rows, ids, mask = _left_padded((70, 43))
     kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
     batched = lococo.prefill(tiny_llama, ids, mask, cache=lococo.make_cache(tiny_llama, policy, **kw), segment_size=8)
     for i, row in enumerate(rows):
@@ -112,12 +117,7 @@ class _PerLayerTOVA(TOVAPolicy):
 
 
 def test_layers_may_keep_different_numbers_of_slots_in_a_padded_batch(tiny_llama):
-    rows = [torch.randint(1, 128, (1, n)) for n in (61, 37)]
-    ids = torch.zeros(2, 61, dtype=torch.long)
-    mask = torch.zeros(2, 61, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, 61 - row.shape[1] :] = row[0]
-        mask[i, 61 - row.shape[1] :] = 1
+    rows, ids, mask = _left_padded((61, 37), low=1)
 
     def cache():
         return lococo.make_cache(tiny_llama, _PerLayerTOVA((24, 8)), reindex_positions=False)
@@ -147,12 +147,7 @@ def test_layers_may_keep_different_numbers_of_slots_in_a_padded_batch(tiny_llama
 
 def test_batched_generate_equals_each_row_alone(tiny_llama):
     _attach(tiny_llama)
-    rows = [torch.randint(1, 128, (1, n)) for n in (50, 31)]
-    ids = torch.zeros(2, 50, dtype=torch.long)
-    mask = torch.zeros(2, 50, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, 50 - row.shape[1] :] = row[0]
-        mask[i, 50 - row.shape[1] :] = 1
+    rows, ids, mask = _left_padded((50, 31), low=1)
     kw = dict(max_new_tokens=30, do_sample=False, pad_token_id=0)
     batched = lococo.generate(tiny_llama, ids, mask, segment_size=8, **kw)[:, 50:]
     for i, row in enumerate(rows):
