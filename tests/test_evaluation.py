@@ -513,7 +513,9 @@ def test_cli_ppl_reports_intervals_and_paired_comparisons(tiny_llama, tmp_path, 
         ("full", "absolute"), ("streaming", "absolute"), ("streaming", "reindexed"), ("window", "absolute"),
         ("window", "reindexed")]
     md = out.with_suffix(".md").read_text()
-    assert "Paired comparisons" in md and "| 128 | 16 | absolute |" in md and "| 128 | 16 | reindexed |" in md
+    paired = [line for line in md.splitlines() if line.startswith("| 128 | 16 | ")]
+    assert "Paired comparisons" in md and len(paired) == 3  # four heuristic cells, the best one the reference
+    assert any("(absolute)" in line for line in paired) and any("(reindexed)" in line for line in paired)
 
 
 def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_llama):
@@ -552,13 +554,23 @@ def test_cli_decode_end_to_end(tiny_llama, tmp_path, monkeypatch):
     data.write_text("".join(json.dumps({"text": f"Document {i}: the sky is blue. " * 8}) + "\n" for i in range(3)))
     out = tmp_path / "decode.json"
     argv = ["eval", "decode", "--data", str(data), "--length", "128", "--decode-tokens", "32", "--policy", "full",
-            "window", "--mem-size", "16", "--segment-size", "32", "--output", str(out), "--no-progress"]
-    args = _parser().parse_args(argv)
+            "window", "streaming", "--mem-size", "16", "--segment-size", "32", "--output", str(out), "--no-progress"]
+    args = _parser().parse_args([*argv, "--compare-to", "window"])
     assert args._run(args) == 0
     records = json.loads(out.read_text())["records"]
-    assert [r["policy"] for r in records] == ["full", "window"] and all(r["docs"] == 3 for r in records)
+    assert [r["policy"] for r in records] == ["full", "window", "streaming"] and all(r["docs"] == 3 for r in records)
     assert records[0]["decode_ratio"] == pytest.approx(1.0, abs=1e-4)
     assert out.with_suffix(".png").is_file()
+    md = out.with_suffix(".md").read_text()
+    for title in ("Decode fidelity, paired", "Loss of the decoded tokens, paired", "Perplexity of the whole sequence"):
+        assert f"## {title}" in md
+    assert "| 128 | 16 | streaming (reindexed) | window (reindexed) |" in md
+
+    # --compare-to shapes only the summary: a rerun with another reference keeps every record
+    args = _parser().parse_args([*argv, "--compare-to", "streaming"])
+    assert args._run(args) == 0
+    assert json.loads(out.read_text())["records"] == records
+    assert "| 128 | 16 | window (reindexed) | streaming (reindexed) |" in out.with_suffix(".md").read_text()
 
 
 def test_document_windows_cut_long_documents_and_remember_their_document():

@@ -83,11 +83,15 @@ def _add_text_args(parser: argparse.ArgumentParser, length_help: str) -> None:
                         "intervals then resample documents, not windows")
 
 
-def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``lococo eval ppl``."""
+def _add_compare_to(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compare-to", default=None, metavar="POLICY",
                         help="reference of the paired comparisons in the report (default: the best policy that is "
                         "neither learned nor the full cache, per length and M)")
+
+
+def add_ppl_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``lococo eval ppl``."""
+    _add_compare_to(parser)
     _add_text_args(parser, "tokens per sequence")
     _add_common_args(parser, "ppl")
     parser.set_defaults(eval_run=run_ppl)
@@ -97,6 +101,7 @@ def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``lococo eval decode``."""
     _add_text_args(parser, "tokens per sequence: the last --decode-tokens are the ones decoded")
     parser.add_argument("--decode-tokens", type=int, default=256, help="tokens fed one at a time (default 256)")
+    _add_compare_to(parser)
     _add_common_args(parser, "decode")
     parser.set_defaults(eval_run=run_decode)
 
@@ -281,7 +286,7 @@ def run_decode(args: argparse.Namespace) -> int:
     """``lococo eval decode``: decode fidelity over policies, memory sizes and lengths."""
     import torch
 
-    from .decode import decode_fidelity, plot_decode
+    from .decode import decode_fidelity, decode_summary, plot_decode
 
     torch.manual_seed(args.seed)
     model, tokenizer = _load_model(args)
@@ -292,7 +297,8 @@ def run_decode(args: argparse.Namespace) -> int:
         return decode_fidelity(model, seqs, new_cache, cell["segment_size"], args.decode_tokens, groups=groups,
                                progress=not args.no_progress)
 
-    return _run_grid("decode", args, model, evaluate, plot_decode)
+    return _run_grid("decode", args, model, evaluate, plot_decode,
+                     summary=lambda records: decode_summary(records, args.compare_to))
 
 
 def run_passkey(args: argparse.Namespace) -> int:

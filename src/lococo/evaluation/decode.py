@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .grid import CacheFactory, pyplot, series_label
-from .perplexity import grouping_fields, score_tokens
+from .perplexity import grouping_fields, paired_summary, score_tokens
 from .stats import bootstrap_interval
 
 if TYPE_CHECKING:
@@ -76,6 +76,25 @@ def decode_fidelity(
         "doc_decode_nll": dec_nll,
         **grouping_fields(groups),
     }
+
+
+def _doc_log_ratio(record: dict) -> list[float] | None:
+    """Each document's ``log(decode ppl / segment ppl)``: the nats per token that decoding loses."""
+    dec, seg = record.get("doc_decode_nll"), record.get("doc_segment_nll")
+    return None if not dec or not seg else [d - s for d, s in zip(dec, seg, strict=True)]
+
+
+def decode_summary(records: list[dict], compare_to: str | None = None) -> str:
+    """Markdown: paired comparisons of decode fidelity (log of the decode/segment ratio, per document), of the
+    decoded tokens' own loss and of the whole sequence's perplexity, every policy against ``compare_to``
+    (default: the best heuristic) per length and M."""
+    fidelity = paired_summary(records, compare_to, values=_doc_log_ratio, title="Decode fidelity, paired",
+                              measure="Δ log(decode/segment) (nats)", ratio="ratio of ratios", gap=False)
+    decoded = paired_summary(records, compare_to, values=lambda r: r.get("doc_decode_nll"),
+                             title="Loss of the decoded tokens, paired", measure="Δ decode nll (nats)",
+                             ratio="decode ppl ratio", gap=False)
+    whole = paired_summary(records, compare_to, title="Perplexity of the whole sequence, paired")
+    return "\n".join(part for part in (fidelity, decoded, whole) if part)
 
 
 def plot_decode(records: list[dict], path: Path) -> None:

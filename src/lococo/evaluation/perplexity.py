@@ -11,11 +11,12 @@ context grows?
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -189,13 +190,23 @@ def grouping_fields(groups: Sequence[int] | None) -> dict[str, Any]:
     return {} if groups is None else {"documents": len(set(groups)), "doc_group": list(groups)}
 
 
-def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
+def paired_summary(
+    records: list[dict],
+    compare_to: str | None = None,
+    *,
+    values: Callable[[dict], Sequence[float] | None] = lambda r: r.get("doc_nll"),
+    title: str = "Paired comparisons",
+    measure: str = "Δ nll (nats)",
+    ratio: str = "ppl ratio",
+    gap: bool = True,
+) -> str:
     """Markdown: every policy against a reference on the same documents, per length and M.
 
-    The reference is ``compare_to`` or, by default, the best compressing policy that is not learned at that
-    length and M. Columns: paired difference in mean nll (95% bootstrap interval over documents), the
-    perplexity ratio, and for learned policies (LoCoCo) the share of the reference's gap to the full cache
-    that they close.
+    ``values(record)`` gives each document's figure (lower is better; default its mean nll). The reference is
+    ``compare_to`` or, by default, the compressing policy that is not learned with the lowest mean figure at
+    that length and M. Columns: paired difference of the means (95% bootstrap interval over documents),
+    ``exp`` of it (a perplexity ratio for nll), and with ``gap`` for learned policies (LoCoCo) the share of the
+    reference's nll gap to the full cache that they close.
     """
     from ..policies import policy_class
 
@@ -203,40 +214,46 @@ def paired_summary(records: list[dict], compare_to: str | None = None) -> str:
         cls = policy_class(r["policy"])
         return "full" if not cls.compresses else "learned" if cls.learned else "heuristic"
 
-    lines = ["## Paired comparisons (same documents; 95% bootstrap intervals over documents)", ""]
+    lines = [f"## {title} (same documents; 95% bootstrap intervals over documents)", ""]
     groups: dict[tuple, list[dict]] = {}
-    for r in records:
-        if r.get("doc_nll"):
-            groups.setdefault((r["length"], r.get("mem_size"), r.get("positions") or ""), []).append(r)
+    for r in records:  # policies with different position schemes (LoCoCo's default differs) are compared too
+        if values(r):
+            groups.setdefault((r["length"], r.get("mem_size")), []).append(r)
     rows = []
-    for (length, mem, positions), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0, kv[0][2])):
+    for (length, mem), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         full = next((r for r in records if kind(r) == "full" and r["length"] == length and r.get("doc_nll")), None)
         others = [r for r in group if kind(r) == "heuristic"]
         ref = next((r for r in group if r["policy"] == compare_to), None) if compare_to else (
-            min(others, key=lambda r: r["nll"]) if others else None)
+            min(others, key=lambda r: float(np.mean(values(r)))) if others else None)
         if ref is None or mem is None:
             continue
-        for r in sorted(group, key=lambda r: r["nll"]):
-            if r is ref or len(r["doc_nll"]) != len(ref["doc_nll"]):
+        for r in sorted(group, key=lambda r: float(np.mean(values(r)))):
+            if r is ref or len(values(r)) != len(values(ref)):
                 continue
             doc_groups = r.get("doc_group")
-            d = paired_difference(r["doc_nll"], ref["doc_nll"], groups=doc_groups)
+            d = paired_difference(values(r), values(ref), groups=doc_groups)
             closed = ""
-            if kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"]):
+            if (gap and kind(r) == "learned" and full is not None and len(full["doc_nll"]) == len(r["doc_nll"])
+                    and full["nll"] < ref["nll"]):  # past the model's context the full cache may read worse
                 closed = _fmt_interval(gap_closed(r["doc_nll"], ref["doc_nll"], full["doc_nll"], groups=doc_groups),
                                        percent=True)
-            n_docs = len(set(doc_groups)) if doc_groups else len(r["doc_nll"])
+            n_docs = len(set(doc_groups)) if doc_groups else len(values(r))
             needed = docs_for_width(d[1], d[2], n_docs)
-            rows.append(f"| {length} | {mem} | {positions or 'absolute'} | {r['policy']} | {ref['policy']} | "
+            rows.append(f"| {length} | {mem} | {_with_positions(r)} | {_with_positions(ref)} | "
                         f"{_fmt_interval(d)} | "
-                        f"{math.exp(d[0]):.4f} | {n_docs} ({len(r['doc_nll'])}) | {needed or ''} | {closed} |")
+                        f"{math.exp(d[0]):.4f} | {n_docs} ({len(values(r))}) | {needed or ''} | {closed} |")
     if not rows:
         return ""
-    lines += ["| length | M | positions | policy | reference | Δ nll (nats) | ppl ratio | docs (sequences) | "
-              "docs for 0.5% | gap to full closed |", "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
-              "*docs for 0.5%*: documents a rerun would need for the interval of Δ nll to be 0.005 nats wide "
-              "(0.5% of perplexity), projected from this interval's width (widths shrink as 1/sqrt(docs))."]
+    lines += [f"| length | M | policy | reference | {measure} | {ratio} | docs (sequences) | "
+              "docs for 0.5% | gap to full closed |", "|---|---|---|---|---|---|---|---|---|", *rows, "",
+              f"*docs for 0.5%*: documents a rerun would need for the interval of {measure.split(' (')[0]} to be "
+              "0.005 nats wide (0.5% of perplexity), projected from this interval's width (widths shrink as "
+              "1/sqrt(docs))."]
     return "\n".join(lines) + "\n"
+
+
+def _with_positions(record: dict) -> str:
+    return f"{record['policy']} ({record.get('positions') or 'absolute'})"
 
 
 def _fmt_interval(stat: tuple[float, float | None, float | None], percent: bool = False) -> str:

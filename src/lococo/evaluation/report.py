@@ -42,14 +42,23 @@ def run_meta(kind: str, config: dict) -> dict:
     }
 
 
+# Options that shape only the Markdown summary, not the records: changing them keeps a grid's records.
+REPORT_ONLY_OPTIONS = frozenset({"compare_to"})
+
+
+def _record_config(config: dict | None) -> dict | None:
+    return None if config is None else {k: v for k, v in config.items() if k not in REPORT_ONLY_OPTIONS}
+
+
 def load_records(path: Path, meta: dict) -> list[dict]:
-    """Records already in ``path`` if it was produced by the same kind and configuration, else []."""
+    """Records already in ``path`` if it was produced by the same kind and configuration (options in
+    ``REPORT_ONLY_OPTIONS`` aside), else []."""
     path = Path(path)
     if not path.exists():
         return []
     data = json.loads(path.read_text())
     old = data.get("meta", {})
-    if old.get("kind") != meta["kind"] or old.get("config") != meta["config"]:
+    if old.get("kind") != meta["kind"] or _record_config(old.get("config")) != _record_config(meta["config"]):
         return []
     return list(data.get("records", []))
 
