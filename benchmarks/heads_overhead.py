@@ -11,6 +11,16 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
 
 ``--heads fresh`` (default) times untrained heads of the default config; ``--heads shipped`` the heads shipped
 for the reference model (their own config: score mode, lambda per layer; ``--head-dtype`` is then ignored).
+
+``--baselines window tova snapkv`` times those policies at the same M in the same alternation (the first one
+is the ``overhead`` reference), and ``--decode-tokens N`` then also feeds the next N tokens one at a time after
+each read, as decoding does (compressions every buffer + 1 tokens included), and compares tokens/s:
+
+    python benchmarks/heads_overhead.py --heads shipped --baselines window tova --tokens 32768 --decode-tokens 64 \
+        --output benchmarks/results/speed_vs_tova_32k.json
+
+Spread: the ratio is also computed within each repeat (medians of that repeat), and its range over repeats is
+reported beside the pooled median.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from tqdm.auto import tqdm
 
 import lococo
 from lococo.data import long_text_ids
@@ -43,6 +54,17 @@ def profile_breakdown(model, ids, segment_size: int) -> dict:
     return {k: round(v, 3) for k, v in sorted(totals.items())}
 
 
+def decode_rate(model, ids, cache) -> float:
+    """Tokens per second feeding ``ids`` one at a time through ``cache`` (decoding's compressions included)."""
+    with torch.no_grad():
+        times, _ = segment_times(model, ids, cache, 1)
+    return len(times) / sum(times)
+
+
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.3f}..{max(values):.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mem-size", type=int, nargs="+", default=[128, 512])
@@ -52,11 +74,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--head-dtype", default="float32", help="dtype of the heads (the conv runs in it)")
     parser.add_argument("--heads", choices=["fresh", "shipped"], default="fresh")
+    parser.add_argument("--baselines", nargs="+", default=["window"],
+                        help="policies timed beside LoCoCo at the same M (default window; the first is the "
+                        "reference of 'overhead')")
+    parser.add_argument("--decode-tokens", type=int, default=0,
+                        help="after each read, time this many tokens fed one at a time (default 0: none)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/heads_overhead.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, tokenizer = lococo.load_model()
-    ids = long_text_ids(tokenizer, args.tokens)
+    ids = long_text_ids(tokenizer, args.tokens + args.decode_tokens)
+    prompt, following = ids[:, : args.tokens], ids[:, args.tokens :]
+    policies = [*dict.fromkeys(args.baselines), "lococo"]
     records = []
     for mem in args.mem_size:
         if args.heads == "shipped":
@@ -64,21 +93,42 @@ def main() -> None:
         else:
             lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
                                                      head_dtype=args.head_dtype))
-        times: dict[str, list[float]] = {"window": [], "lococo": []}
-        read(model, ids[:, : 2 * args.segment_size], lococo.make_cache(model, "window", mem_size=mem), args.segment_size)
-        for _ in range(args.repeats):
-            for policy in ("window", "lococo"):
-                kwargs = {"mem_size": mem} if policy == "window" else {}
-                times[policy] += read(model, ids, lococo.make_cache(model, policy, **kwargs), args.segment_size)
-        window, lococo_s = statistics.median(times["window"]), statistics.median(times["lococo"])
-        breakdown = profile_breakdown(model, ids, args.segment_size)
+
+        def new_cache(policy: str, mem: int = mem):
+            return lococo.make_cache(model, policy, **({} if policy == "lococo" else {"mem_size": mem}))
+
+        runs: dict[str, list[list[float]]] = {p: [] for p in policies}
+        rates: dict[str, list[float]] = {p: [] for p in policies}
+        read(model, prompt[:, : 2 * args.segment_size], new_cache("window"), args.segment_size)  # warm-up
+        for _ in tqdm(range(args.repeats), desc=f"M={mem}", unit="repeat"):
+            for policy in policies:
+                cache = new_cache(policy)
+                runs[policy].append(read(model, prompt, cache, args.segment_size))
+                if args.decode_tokens:
+                    rates[policy].append(decode_rate(model, following, cache))
+        median = {p: statistics.median(t for run in runs[p] for t in run) for p in policies}
+        breakdown = profile_breakdown(model, prompt, args.segment_size)
         segments = len(segment_bounds(args.tokens, args.segment_size)) - 2
-        records.append({
-            "policy": "lococo", "heads": args.heads, "mem_size": mem, "head_dtype": args.head_dtype, "segment_size": args.segment_size, "length": args.tokens,
-            "window_segment_s": window, "lococo_segment_s": lococo_s, "overhead": lococo_s / window - 1,
-            "segments_timed": len(times["lococo"]),
-            "profile_s_per_segment": {k: round(v / segments, 4) for k, v in breakdown.items()},
-        })
+        record = {
+            "policy": "lococo", "heads": args.heads, "mem_size": mem, "head_dtype": args.head_dtype,
+            "segment_size": args.segment_size, "length": args.tokens,
+            **{f"{p}_segment_s": median[p] for p in policies},
+            "overhead": median["lococo"] / median[policies[0]] - 1,
+        }
+        for p in policies[:-1]:
+            per_repeat = [statistics.median(lo) / statistics.median(base) - 1
+                          for lo, base in zip(runs["lococo"], runs[p], strict=True)]
+            record |= {f"overhead_vs_{p}": median["lococo"] / median[p] - 1,
+                       f"overhead_vs_{p}_per_repeat": _spread(per_repeat)}
+        if args.decode_tokens:
+            record |= {f"{p}_decode_tok_s": statistics.median(rates[p]) for p in policies}
+            for p in policies[:-1]:
+                record |= {f"decode_speed_vs_{p}": statistics.median(rates["lococo"]) / statistics.median(rates[p]),
+                           f"decode_speed_vs_{p}_per_repeat": _spread(
+                               [lo / base for lo, base in zip(rates["lococo"], rates[p], strict=True)])}
+        record |= {"segments_timed": sum(len(run) for run in runs["lococo"]),
+                   "profile_s_per_segment": {k: round(v / segments, 4) for k, v in breakdown.items()}}
+        records.append(record)
         print(json.dumps(records[-1]))
         lococo.detach(model)
     write_report(args.output, run_meta("heads_overhead", vars(args) | {"output": str(args.output)}), records)
