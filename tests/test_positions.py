@@ -130,3 +130,58 @@ def test_policy_default_applies_where_the_model_allows_it(monkeypatch, tiny_llam
     assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM, reindex_positions=False).reindex_positions is False
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=256)).eval()
     assert lococo.make_cache(gpt2, "tova", mem_size=MEM).reindex_positions is False  # learned positions: absolute
+
+
+class _ShiftRecorder:
+    """A stand-in rotation that records the shift each slot gets (keys come back unchanged)."""
+
+    def __call__(self, keys, shift):
+        self.shift = shift
+        return keys
+
+
+def test_clamped_moves_only_slots_past_the_distance_and_keeps_their_order():
+    from lococo.positions import clamped
+
+    positions = torch.tensor([[[0, 5, 50, 90, 99], [3, 60, 81, 85, 99]]])  # [b=1, kv_heads=2, slots]
+    valid = torch.tensor([[False, True, True, True, True]])  # the first slot is padding
+    rotate = _ShiftRecorder()
+    keys = torch.randn(1, 2, 5, 4)
+    out, target = clamped(keys, positions, valid, torch.tensor([[100]]), rotate, max_distance=20)
+    # boundary 80: head 0 moves 5 and 50 (padding never moves), head 1 moves 60; the rest stay where they are
+    assert target.tolist() == [[[0, 78, 79, 90, 99], [3, 79, 81, 85, 99]]]
+    assert torch.equal(rotate.shift, target - positions) and torch.equal(out, keys)
+
+
+def _clamp_model():
+    from lococo.positions import RESERVED_SEGMENT
+
+    # a context length that leaves 40 positions of distance for the kept slots (D = 40)
+    return build_model(tiny_llama_config(max_position_embeddings=MEM + BUFFER + RESERVED_SEGMENT + 40))
+
+
+@pytest.mark.parametrize("policy", ["tova", "lococo"])
+def test_clamped_reads_as_absolute_within_the_models_length_and_bounds_distances_past_it(policy):
+    model = _clamp_model()
+    ids = torch.randint(0, 128, (1, 120))
+    short = [lococo.prefill(model, ids[:, :40], cache=_cache(model, policy, positions=scheme), segment_size=SEG)
+             for scheme in ("absolute", "clamped")]
+    assert torch.equal(short[0].logits, short[1].logits)  # no slot is ever 40 tokens back: nothing moves
+    cache = _cache(model, policy, positions="clamped")
+    assert cache.position_scheme == "clamped"
+    out = lococo.prefill(model, ids, cache=cache, segment_size=SEG)
+    for layer in cache.compressed_layers:
+        held = layer.positions[0]  # [kv_heads, slots]
+        # the last compression (before the last segment) put every slot within D + M of that segment
+        assert int(held.amin()) >= 120 - SEG - 40 - MEM
+        assert bool((held.sort(dim=-1).values.diff(dim=-1) > 0).all())  # no two slots at one position
+        assert int(held.amax()) == 119
+    absolute = lococo.prefill(model, ids, cache=_cache(model, policy, positions="absolute"), segment_size=SEG)
+    assert not torch.allclose(out.logits, absolute.logits, atol=1e-4)  # past D the far slots moved
+
+
+def test_positions_scheme_is_checked_and_given_once(tiny_llama):
+    with pytest.raises(lococo.ConfigError, match="positions must be one of"):
+        lococo.make_cache(tiny_llama, "tova", mem_size=MEM, positions="relative")
+    with pytest.raises(lococo.ConfigError, match="not both"):
+        lococo.make_cache(tiny_llama, "tova", mem_size=MEM, positions="clamped", reindex_positions=True)

@@ -20,7 +20,15 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, Dynam
 
 from .models_support import layout_for_policy
 from .policies.base import Policy
-from .positions import KeyRotation, incoming_positions, next_position, reindexed
+from .positions import (
+    KeyRotation,
+    clamp_distance,
+    clamped,
+    incoming_positions,
+    next_position,
+    reindexed,
+    resolve_positions,
+)
 
 _SUMMED = ("accumulated", "recent")
 """Score modes summed over forwards (scores are asked of every forward, not only before a compression)."""
@@ -33,11 +41,14 @@ class CompressedLayer(CacheLayerMixin):
     is_compileable = False
     observes = False  # True: the attention wrapper hands each forward's queries and output to ``observe``
 
-    def __init__(self, policy: Policy, rotation: KeyRotation | None = None) -> None:
+    def __init__(self, policy: Policy, rotation: KeyRotation | None = None, max_distance: int | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.rotation = rotation  # set: positions re-indexed inside the cache at every compression
+        self.max_distance = max_distance  # set (with rotation): only slots farther than this move ("clamped")
         self.positions: torch.Tensor | None = None  # [b, kv_heads, stored] long, tracked with ``rotation``
+        # [b, 1] long: the position of each row's next token (its newest token may have been evicted)
+        self.next_positions: torch.Tensor | None = None
         self.mem_size = policy.mem_size
         self.buffer = policy.buffer
         self.seen = 0
@@ -100,10 +111,11 @@ class CompressedLayer(CacheLayerMixin):
         self.is_initialized = False
         self.seen = 0
         self.valid = self.scores = self.incoming_valid = self.row_valid = self.positions = self.score_queries = None
+        self.next_positions = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
-        for name in ("valid", "scores", "positions"):
+        for name in ("valid", "scores", "positions", "next_positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.index_select(0, beam_idx.to(t.device)))
@@ -111,7 +123,7 @@ class CompressedLayer(CacheLayerMixin):
             self.row_valid = [self.row_valid[i] for i in beam_idx.tolist()]
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        for name in ("keys", "values", "valid", "scores", "positions"):
+        for name in ("keys", "values", "valid", "scores", "positions", "next_positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t.repeat_interleave(repeats, dim=0))
@@ -119,7 +131,7 @@ class CompressedLayer(CacheLayerMixin):
             self.row_valid = [n for n in self.row_valid for _ in range(repeats)]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        for name in ("keys", "values", "valid", "scores", "positions"):
+        for name in ("keys", "values", "valid", "scores", "positions", "next_positions"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, t[indices, ...])
@@ -164,9 +176,11 @@ class CompressedLayer(CacheLayerMixin):
         """Append the positions of ``q`` incoming tokens (called before they are stored)."""
         if self.positions is None:
             self.positions = torch.zeros(*self.keys.shape[:2], 0, dtype=torch.long, device=self.keys.device)
-        anchor = next_position(self.positions, self.valid)
+            self.next_positions = next_position(self.positions, self.valid)
+        anchor = self.next_positions
         new = incoming_positions(anchor, self.keys.shape[1], q, incoming_valid)
         self.positions = torch.cat([self.positions, new], dim=-1)
+        self.next_positions = anchor + (q if incoming_valid is None else incoming_valid.sum(-1, keepdim=True))
 
     # -- compaction --------------------------------------------------------------------------------
     def _ones(self, n: int) -> torch.Tensor:
@@ -201,10 +215,15 @@ class CompressedLayer(CacheLayerMixin):
 
     def _compact(self) -> None:
         with torch.profiler.record_function("lococo.compact"):
-            anchor = None if self.rotation is None else next_position(self.positions, self.valid)
+            anchor = self.next_positions if self.rotation is not None else None
             self._compact_now()
-            if anchor is not None:
+            if anchor is None:
+                return
+            if self.max_distance is None:
                 self.keys, self.positions = reindexed(self.keys, self.positions, self.valid, anchor, self.rotation)
+            elif self.seen > self.max_distance:  # before that no slot can be farther back (host count, no sync)
+                self.keys, self.positions = clamped(self.keys, self.positions, self.valid, anchor, self.rotation,
+                                                    self.max_distance)
 
     def _compact_now(self) -> None:
         self.compressions += 1
@@ -262,19 +281,24 @@ class CompressedCache(Cache):
     window, the recurrent / convolution layers of hybrid models their state.
     """
 
-    def __init__(self, model: nn.Module, policy: Policy, reindex_positions: bool = False) -> None:
-        layout = layout_for_policy(model, policy, reindex_positions=reindex_positions)
-        rotation = KeyRotation(model) if reindex_positions and policy.compresses else None
+    def __init__(self, model: nn.Module, policy: Policy, reindex_positions: bool = False,
+                 positions: str | None = None) -> None:
+        scheme = resolve_positions(model, policy, positions if positions is not None else bool(reindex_positions))
+        layout = layout_for_policy(model, policy, reindex_positions=scheme != "absolute")
+        rotation = KeyRotation(model) if scheme != "absolute" else None
         layers = []
         for i, kind in enumerate(layout.layer_types):
             if kind == "full_attention":
-                layers.append(CompressedLayer(policy.for_layer(i), rotation))
+                layer_policy = policy.for_layer(i)
+                distance = clamp_distance(model, layer_policy) if scheme == "clamped" else None
+                layers.append(CompressedLayer(layer_policy, rotation, distance))
             else:
                 kwargs = layout.layer_kwargs[i] if layout.layer_kwargs else {}
                 layers.append(_transformers_layer(kind, kwargs, layout.windows[i] if layout.windows else None))
         super().__init__(layers=layers)
         self.policy = policy
-        self.reindex_positions = rotation is not None
+        self.position_scheme = scheme  # "absolute", "reindexed" or "clamped" (lococo.positions)
+        self.reindex_positions = scheme == "reindexed"
         self.incoming_memo = None  # (mask, q_len, validity) of the latest forward: see attention._incoming
 
     @property

@@ -22,7 +22,7 @@ from .cache import CompressedCache
 from .errors import ConfigError
 from .models_support import layout_for_policy
 from .policies import Policy, make_policy
-from .positions import resolve_reindex
+from .positions import resolve_positions
 
 DEFAULT_SEGMENT_SIZE = 512
 """B when nothing else says: the paper's segment length."""
@@ -34,6 +34,7 @@ def make_cache(
     *,
     prefill_chunk_size: int | str | None = "auto",
     reindex_positions: bool | None = None,
+    positions: str | None = None,
     **policy_kwargs,
 ) -> CompressedCache:
     """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
@@ -54,18 +55,22 @@ def make_cache(
     ``reindex_positions=True`` gives the kept slots positions counted inside the cache (StreamingLLM's scheme,
     for any policy on a rotary model; :mod:`lococo.positions`): at every compression they move to the
     positions right before the incoming tokens, so no query-key distance exceeds the slots stored. ``False``
-    keeps absolute positions; ``None`` (default) takes the policy's default (``Policy.reindex_default``) where
-    the model allows re-indexing, absolute positions elsewhere.
+    keeps absolute positions; ``None`` (default) takes the policy's default (``Policy.default_positions``) where
+    the model allows moving keys, absolute positions elsewhere. ``positions`` names the scheme instead
+    ("absolute", "reindexed", or "clamped": absolute positions until a slot falls farther back than the
+    model's context length, then moved to that distance; :mod:`lococo.positions`); give one of the two.
     """
     enable_scoring(model)
     if isinstance(policy, str):
         policy = make_policy(policy, model=model, **policy_kwargs)
     elif policy_kwargs:
         raise ConfigError("pass policy settings either in the Policy object or as keyword arguments, not both")
-    reindex_positions = resolve_reindex(model, policy, reindex_positions)
-    layout_for_policy(model, policy, reindex_positions)  # refused with the reason before the config changes
+    if positions is not None and reindex_positions is not None:
+        raise ConfigError("give positions or reindex_positions, not both")
+    scheme = resolve_positions(model, policy, positions if positions is not None else reindex_positions)
+    layout_for_policy(model, policy, scheme != "absolute")  # refused with the reason before the config changes
     _chunk_generate_prefill(model, policy, prefill_chunk_size)
-    return CompressedCache(model, policy, reindex_positions=reindex_positions)
+    return CompressedCache(model, policy, positions=scheme)
 
 
 def _chunk_generate_prefill(model: nn.Module, policy: Policy, chunk: int | str | None) -> None:

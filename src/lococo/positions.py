@@ -11,6 +11,13 @@ the position of the token it stands for (:class:`lococo.policies.base.Folded` ``
 fused slot its selected top-C token's, a mean-pooled group its middle token's; the tokens mixed into it
 move with it, keeping their offsets to that token.
 
+``positions="clamped"`` (``make_cache``) sits between the two: positions stay absolute while every kept slot
+is within the model's context length of the incoming tokens (:func:`clamp_distance`), so up to that length
+it reads exactly as absolute; a slot that falls farther back moves to just below that distance (the slots
+that do keep their order). Past the model's length no query-key distance exceeds what it was trained on,
+and what is near keeps the distances absolute positions give it, as the heads trained with absolute
+positions saw them.
+
 The cache tracks each slot's position (``[batch, kv_heads, slots]``, on the device, no host copies); this
 module holds the arithmetic: where the next token goes, the positions of incoming tokens, and the moves.
 """
@@ -23,18 +30,44 @@ import torch
 from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as _llama_apply
 
-from .errors import IncompatibleModelError
+from .errors import ConfigError, IncompatibleModelError
 from .models_support import _decoder, _text_config, find_attention, find_decoder_layers, reindex_refusal
 
+POSITION_SCHEMES = ("absolute", "reindexed", "clamped")
+RESERVED_SEGMENT = 512  # tokens of the incoming segment kept free below the model's length by "clamped"
 
-def resolve_reindex(model: nn.Module, policy, requested: bool | None) -> bool:
-    """Whether a cache of ``policy`` on ``model`` re-indexes positions: ``requested`` if given, else the
-    policy's default (``reindex_default``) where the model allows it. A policy that keeps everything never does."""
+
+def resolve_positions(model: nn.Module, policy, requested: str | bool | None) -> str:
+    """The key-position scheme of a cache of ``policy`` on ``model``: ``requested`` (a scheme of
+    ``POSITION_SCHEMES``, or a bool: re-indexed or absolute) if given, else the policy's default
+    (``Policy.default_positions``) where the model allows moving keys, absolute elsewhere. A policy that keeps
+    everything always uses absolute positions."""
     if not getattr(policy, "compresses", True):
-        return False
+        return "absolute"
+    if isinstance(requested, bool):
+        return "reindexed" if requested else "absolute"
     if requested is None:
-        return bool(getattr(policy, "reindex_default", False)) and reindex_refusal(model) is None
-    return bool(requested)
+        scheme = policy.default_positions() if hasattr(policy, "default_positions") else "absolute"
+        return scheme if scheme == "absolute" or reindex_refusal(model) is None else "absolute"
+    if requested not in POSITION_SCHEMES:
+        raise ConfigError(f"positions must be one of {', '.join(POSITION_SCHEMES)}, got {requested!r}")
+    return requested
+
+
+def clamp_distance(model: nn.Module, policy) -> int:
+    """How far before the next token a slot may sit under the "clamped" scheme: the model's context length
+    (``max_position_embeddings``, after any extension) less the slots the cache stores and one segment, so
+    that no query of a segment of up to ``RESERVED_SEGMENT`` tokens sees a key farther than the model was
+    trained on."""
+    length = getattr(_text_config(model), "max_position_embeddings", None)
+    if not length:
+        raise IncompatibleModelError("positions='clamped' needs the model's context length "
+                                     "(config.max_position_embeddings); use 'reindexed' or 'absolute'")
+    distance = int(length) - policy.mem_size - policy.buffer - RESERVED_SEGMENT
+    if distance < 1:
+        raise ConfigError(f"positions='clamped': mem_size + buffer + {RESERVED_SEGMENT} must be below the model's "
+                          f"context length {length}; use 'reindexed'")
+    return distance
 
 
 class KeyRotation:
@@ -94,4 +127,20 @@ def reindexed(keys: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor |
     order_key = positions if valid is None else positions.masked_fill(~valid[:, None, :], -1)
     rank = order_key.argsort(dim=-1, stable=True).argsort(dim=-1)
     target = anchor[:, :, None] - n + rank
+    return rotate(keys, target - positions), target
+
+
+def clamped(keys: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor | None, anchor: torch.Tensor,
+            rotate: KeyRotation, max_distance: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the slots of each row that sit more than ``max_distance`` before ``anchor [b, 1]`` to the positions
+    right below that boundary, in the order of the positions they carry; nearer slots keep theirs (a shift of
+    0 leaves a key exactly as it is). Returns (keys, positions)."""
+    boundary = anchor[:, :, None] - max_distance
+    far = positions < boundary
+    if valid is not None:
+        far = far & valid[:, None, :]
+    n_far = far.sum(-1, keepdim=True)
+    order_key = torch.where(far, positions, torch.iinfo(positions.dtype).max)
+    rank = order_key.argsort(dim=-1, stable=True).argsort(dim=-1)
+    target = torch.where(far, boundary - n_far + rank, positions)
     return rotate(keys, target - positions), target

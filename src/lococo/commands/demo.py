@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pol.add_argument("--segment-size", type=int, default=512, help="prefill segment length B (default 512)")
     pol.add_argument("--heads", default=None, help="trained LoCoCo heads (default: the ones shipped for the reference "
                      "model and this M, else untrained heads, said in the table)")
-    pol.add_argument("--positions", choices=("absolute", "reindexed"), default=None,
+    pol.add_argument("--positions", choices=("absolute", "reindexed", "clamped"), default=None,
                      help="key positions for every compressing policy (see lococo.positions; default: each "
                      "policy's default)")
     pol.add_argument("--full-max-mib", type=float, default=1024.0,
@@ -103,7 +103,7 @@ def _cells(args: argparse.Namespace, threads: int) -> list[dict]:
 
 def _row(r: dict) -> list[str]:
     label = r["policy"] + (f" ({r['heads']} heads)" if r.get("heads") else "")
-    positions = {"reindexed": "re-indexed", "absolute": "absolute"}.get(r.get("positions"), "-")
+    positions = {"reindexed": "re-indexed", "absolute": "absolute", "clamped": "clamped"}.get(r.get("positions"), "-")
     if r.get("skipped"):
         return [label, "-", f"{r['length']:,}", f"needs {r['cache_mib']:.0f}", "-", "-", "-", r["skipped"]]
     return [label, positions, f"{r['stored_slots']:,}", f"{r['cache_bytes'] / 2**20:.1f}", f"{r['peak_rss_mb']:.0f}",

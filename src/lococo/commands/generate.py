@@ -19,9 +19,11 @@ def add_policy_args(parser: argparse.ArgumentParser, *, many: bool = False) -> N
     parser.add_argument("--segment-size", type=int, default=512, help="prefill segment length (B)")
     parser.add_argument("--heads", default=None, help="folder with trained LoCoCo heads (default: shipped heads "
                         "for the reference model if they match --mem-size, else untrained heads)")
-    parser.add_argument("--positions", choices=("absolute", "reindexed"), default=None,
-                        help="key positions: absolute (as the full cache), or reindexed: kept slots moved next to "
-                        "the incoming tokens (StreamingLLM's scheme; rotary models) (default: the policy's default)")
+    parser.add_argument("--positions", choices=("absolute", "reindexed", "clamped"), default=None,
+                        help="key positions: absolute (as the full cache), reindexed: kept slots moved next to "
+                        "the incoming tokens (StreamingLLM's scheme; rotary models), or clamped: absolute until a "
+                        "slot falls farther back than the model's context length, then moved to that distance "
+                        "(default: the policy's default)")
 
 
 def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, heads: str | None,
@@ -31,14 +33,13 @@ def prepare_cache(model, policy: str, mem_size: int | None, segment_size: int, h
     ``mem_size=None``: the policy's default M (128), or for LoCoCo the M of its heads: ``heads`` if given,
     else those attached, else the ones shipped for this model (M = 128), else fresh ones. Heads whose M
     differs from an explicit ``mem_size`` are refused (never a silent choice). ``positions`` ("absolute",
-    "reindexed", None for the policy's default): :func:`lococo.make_cache`'s ``reindex_positions``.
+    "reindexed", "clamped", None for the policy's default): :func:`lococo.make_cache`'s ``positions``.
     """
     from ..generation import make_cache
     from ..policies import policy_settings
 
     settings = policy_settings(policy, mem_size=mem_size, heads=heads or "auto", segment_size=segment_size)
-    reindex = None if positions is None else positions == "reindexed"
-    return make_cache(model, policy, reindex_positions=reindex, **settings)
+    return make_cache(model, policy, positions=positions, **settings)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -88,7 +88,7 @@ def run_cell(cell: dict) -> dict:
         ids = long_text_ids(tokenizer, cell["length"] + score_tokens)
     with policy_caches(model, policy, mem_size, segment_size, heads_dir=cell.get("heads") or cell.get("extension"),
                        seed=cell.get("seed", 0),
-                       reindex_positions=None if cell.get("positions") is None else cell["positions"] == "reindexed",
+                       positions=cell.get("positions"),
                        ) as new_cache:
         cache = new_cache()
         continued: dict[str, str] = {}

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-POSITIONS = ("absolute", "reindexed")  # lococo.evaluation.grid.POSITIONS (torch is not imported here)
+POSITIONS = ("absolute", "reindexed", "clamped")  # lococo.positions.POSITION_SCHEMES (torch is not imported here)
 HELP = ("evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval "
         "(passkey), RULER's synthetic tasks (ruler)")
 DEFAULT_MEM_SIZES = [128, 512]
@@ -200,7 +200,7 @@ def _runnable(names: list[str], model: Any, explicit: bool, positions: list[str]
     kept = []
     for name in names:
         try:
-            layout_for_policy(model, policy_class(name), reindex_positions="reindexed" in (positions or ()))
+            layout_for_policy(model, policy_class(name), reindex_positions=any(p != "absolute" for p in positions or ()))
         except IncompatibleModelError as exc:
             if explicit:
                 raise

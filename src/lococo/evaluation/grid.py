@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 CELL_KEYS = ("policy", "mem_size", "segment_size", "length")
 """Keys every cell and every record has; together with the extra axes they identify a cell."""
 
-POSITIONS = ("absolute", "reindexed")
+POSITIONS = ("absolute", "reindexed", "clamped")
 """Values of the ``positions`` axis: queries and keys at absolute positions, or the kept slots moved next to
 the incoming tokens (``make_cache(..., reindex_positions=True)``, :mod:`lococo.positions`)."""
 
@@ -92,11 +92,11 @@ def policy_caches(
     *,
     heads_dir: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
-    reindex_positions: bool | None = None,
+    positions: str | None = None,
 ) -> Iterator[CacheFactory]:
-    """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it (with
-    ``reindex_positions``, :func:`lococo.make_cache`; None: the policy's default). The function's ``positions``
-    attribute says which scheme its caches use ("absolute" or "reindexed").
+    """Bind ``policy`` to ``model`` and yield a function returning fresh caches for it (with the key-position
+    scheme ``positions``, :func:`lococo.make_cache`; None: the policy's default). The function's ``positions``
+    attribute says which scheme its caches use ("absolute", "reindexed" or "clamped").
 
     The policy takes what it uses of ``mem_size``, ``heads_dir`` (trained heads: one folder or several, one
     per M, or ``"shipped"``), ``segment_size`` and ``seed`` (:func:`lococo.policies.policy_settings`); a
@@ -106,7 +106,7 @@ def policy_caches(
     from ..compressor.heads import ATTR, detach, has_heads
     from ..generation import make_cache
     from ..policies import make_policy, policy_settings
-    from ..positions import resolve_reindex
+    from ..positions import resolve_positions
 
     if policy_class(policy).uses_mem_size and mem_size is None:
         raise ConfigError(f"policy {policy!r} needs a mem_size")
@@ -114,12 +114,12 @@ def policy_caches(
     try:
         bound = make_policy(policy, model=model, **policy_settings(
             policy, mem_size=mem_size, heads=heads_dir or "fresh", segment_size=segment_size, seed=seed))
-        reindex = resolve_reindex(model, bound, reindex_positions)
+        scheme = resolve_positions(model, bound, positions)
 
         def new_cache() -> CompressedCache:
-            return make_cache(model, bound, reindex_positions=reindex)
+            return make_cache(model, bound, positions=scheme)
 
-        new_cache.positions = "reindexed" if reindex else "absolute"
+        new_cache.positions = scheme
         yield new_cache
     finally:
         if has_heads(model):
@@ -164,7 +164,7 @@ def run_grid(
         start = time.perf_counter()
         with policy_caches(
             model, cell["policy"], cell["mem_size"], cell["segment_size"], heads_dir=heads_dir, seed=seed,
-            reindex_positions=None if "positions" not in cell else cell["positions"] == "reindexed",
+            positions=cell.get("positions"),
         ) as new_cache:
             metrics = evaluate(cell, new_cache)
         scheme = {} if "positions" in cell or not policy_class(cell["policy"]).compresses else {
@@ -177,10 +177,16 @@ def run_grid(
 
 
 def series_label(record: dict[str, Any]) -> str:
-    """``policy``, ``policy M=...`` or ``policy M=... reindexed``: the legend/panel label of a record's (policy,
-    mem_size, positions)."""
+    """``policy``, ``policy M=...`` or ``policy M=... reindexed`` (or ``clamped``): the legend/panel label of a
+    record's (policy, mem_size, positions)."""
     label = record["policy"] if record.get("mem_size") is None else f"{record['policy']} M={record['mem_size']}"
-    return label + (" reindexed" if record.get("positions") == "reindexed" else "")
+    return label + position_suffix(record)
+
+
+def position_suffix(record: dict[str, Any]) -> str:
+    """`` reindexed`` / `` clamped`` for a record read with that scheme, "" for absolute positions."""
+    scheme = record.get("positions")
+    return f" {scheme}" if scheme and scheme != "absolute" else ""
 
 
 def pyplot():

@@ -674,6 +674,8 @@ def _fmt_interval(value: float, low: float | None, high: float | None) -> str:
 
 def ruler_table(records: list[dict]) -> str:
     """Markdown: one row per cell with its RULER score and all-found accuracy, each with its 95% interval."""
+    from .grid import position_suffix
+
     if not records:
         return "(no records)\n"
     lines = [
@@ -688,7 +690,7 @@ def ruler_table(records: list[dict]) -> str:
     ]
     for r in records:
         mem = "" if r.get("mem_size") is None else r["mem_size"]
-        policy = r["policy"] + (" reindexed" if r.get("positions") == "reindexed" else "")
+        policy = r["policy"] + position_suffix(r)
         seconds = f"{r['seconds']:.4g}" if r.get("seconds") is not None else ""
         lines.append(
             f"| {r['length']} | {r['setting']} | {r['task']} | {policy} | {mem} | {r.get('segment_size', '')} | "

@@ -98,6 +98,11 @@ class Policy:
         self.mem_size = int(mem_size)
         self.buffer = int(buffer)
 
+    def default_positions(self) -> str:
+        """The key-position scheme of this policy's caches when none is asked for (:mod:`lococo.positions`):
+        "reindexed" with ``reindex_default``, else "absolute"."""
+        return "reindexed" if self.reindex_default else "absolute"
+
     def for_layer(self, layer_idx: int) -> Policy:
         """The policy instance used by one layer (stateless policies share themselves). Layers may keep
         different numbers of slots (per-layer budgets, as PyramidKV): return a policy with that layer's
