@@ -604,3 +604,13 @@ def test_cluster_bootstrap_resamples_documents_not_windows():
     assert bootstrap_interval(values[:5], groups=groups[:5])[1] is None  # one document: no interval
     with pytest.raises(ConfigError, match="one group per value"):
         bootstrap_interval(values, groups=groups[:3])
+
+
+def test_a_report_moved_to_another_path_resumes_there_but_not_under_another_configuration(tmp_path):
+    from lococo.evaluation.report import load_records, run_meta, write_report
+
+    config = {"policy": ["tova"], "length": [128], "output": "old/place.json", "compare_to": None}
+    moved = tmp_path / "new.json"
+    write_report(moved, run_meta("ppl", config), [{"policy": "tova", "ppl": 30.0}])
+    assert load_records(moved, run_meta("ppl", {**config, "output": str(moved)})) == [{"policy": "tova", "ppl": 30.0}]
+    assert load_records(moved, run_meta("ppl", {**config, "length": [256]})) == []

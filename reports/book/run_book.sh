@@ -6,6 +6,8 @@
 #   bash reports/book/run_book.sh rss    # peak RSS of generate and eval ppl, 8K vs 128K tokens, LoCoCo M = 128  ~25 min
 #   bash reports/book/run_book.sh ppl    # bucketed perplexity at 128K, DOCS sequences (1), M = 128         ~55 min
 #   bash reports/book/run_book.sh full   # the full cache as far as this budget goes: 32K, 2 sequences            ~15 min
+#   bash reports/book/run_book.sh diagnose  # LoCoCo with lambda = 0, and TOVA, with absolute positions at 128K   ~45 min
+#   bash reports/book/run_book.sh clamped  # LoCoCo and TOVA with the 'clamped' positions scheme at 128K          ~30 min
 #   bash reports/book/run_book.sh all
 #
 # POSITIONS=absolute|reindexed sets the key positions of the compressing policies (default: each policy's own:
@@ -35,6 +37,24 @@ fi
 if [[ "$WHAT" == all || "$WHAT" == ppl ]]; then
     lococo eval ppl --length 131072 --policy window streaming tova snapkv lococo --num-docs "$DOCS" \
         "${POS_ARGS[@]}" "${RUN[@]}" --output "$OUT/ppl_128k.json"
+fi
+
+if [[ "$WHAT" == diagnose ]]; then
+    # Why LoCoCo falls behind past 32K (~45 min): the shipped M = 128 heads with lambda = 0 in every layer
+    # (selection only: is it the mixing?) and TOVA with absolute positions (is it the positions?), at 128K.
+    rm -rf runs/m128_sel && mkdir -p runs/m128_sel
+    cp src/lococo/compressor/pretrained/smollm2-135m-m128/* runs/m128_sel/
+    python reports/training/exact_zero_lambda.py runs/m128_sel --below 1
+    lococo eval ppl --length 131072 --policy lococo --num-docs "$DOCS" --threads 1 --seed 0 --no-progress \
+        --mem-size 128 --heads runs/m128_sel --output "$OUT/ppl_128k_select.json"
+    lococo eval ppl --length 131072 --policy tova --positions absolute --num-docs "$DOCS" --threads 1 --seed 0 \
+        --no-progress --mem-size 128 --output "$OUT/ppl_128k_tova_absolute.json"
+fi
+
+if [[ "$WHAT" == clamped ]]; then
+    # The 'clamped' positions scheme (absolute within the model's length, far slots pinned below it), 128K  ~30 min
+    lococo eval ppl --length 131072 --policy lococo tova --positions clamped --num-docs "$DOCS" "${RUN[@]}" \
+        --output "$OUT/ppl_128k_clamped.json"
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == full ]]; then

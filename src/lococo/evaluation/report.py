@@ -42,8 +42,9 @@ def run_meta(kind: str, config: dict) -> dict:
     }
 
 
-# Options that shape only the Markdown summary, not the records: changing them keeps a grid's records.
-REPORT_ONLY_OPTIONS = frozenset({"compare_to"})
+# Options that shape only the report (its summary, where it is written), not the records: changing them keeps a
+# grid's records (a report moved to another path resumes there).
+REPORT_ONLY_OPTIONS = frozenset({"compare_to", "output"})
 
 
 def _record_config(config: dict | None) -> dict | None:
