@@ -13,6 +13,7 @@
 #                                             # CPU with AVX512-BF16, or ~50x longer)
 #   bash reports/run_reports.sh positions     # absolute vs re-indexed positions at 32K, 4 documents, M = 128  ~2 h
 #                                             # (positions-a and positions-b: the two halves, one per core)
+#   bash reports/run_reports.sh positions-clamped # the 'clamped' scheme: LoCoCo and TOVA at 32K, LoCoCo at 8K  ~45 min
 #   bash reports/run_reports.sh positions-decode  # decode fidelity after 16K and 32K tokens, both schemes, 2 docs  ~50 min
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
@@ -101,6 +102,15 @@ if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-a ]]; then
 fi
 if [[ "$WHAT" == all || "$WHAT" == positions || "$WHAT" == positions-b ]]; then
     lococo eval ppl --policy snapkv lococo "${POSITIONS[@]}" --output reports/positions/ppl_32k_b.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == positions-clamped ]]; then
+    # the 'clamped' scheme (absolute within the model's length, far slots pinned below it): 32K as above, and
+    # LoCoCo at 8K on every held-out sequence (paired with reports/ppl_docs16.json's absolute positions)
+    lococo eval ppl --policy lococo tova --length 32768 --mem-size 128 --heads shipped --num-docs 4 \
+        --positions clamped "${RUN[@]}" --output reports/positions/ppl_32k_c.json
+    lococo eval ppl --length 8192 --policy lococo --mem-size 128 --heads shipped --num-docs 16 --positions clamped \
+        "${RUN[@]}" --output reports/positions/ppl_8k_clamped.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == positions-decode ]]; then

@@ -185,3 +185,10 @@ def test_positions_scheme_is_checked_and_given_once(tiny_llama):
         lococo.make_cache(tiny_llama, "tova", mem_size=MEM, positions="relative")
     with pytest.raises(lococo.ConfigError, match="not both"):
         lococo.make_cache(tiny_llama, "tova", mem_size=MEM, positions="clamped", reindex_positions=True)
+
+
+def test_lococo_heads_trained_with_absolute_positions_read_clamped_by_default(tiny_llama):
+    cache = _cache(tiny_llama, "lococo")
+    assert tiny_llama.lococo.config.positions == "absolute" and cache.position_scheme == "clamped"
+    assert _cache(tiny_llama, "lococo", positions="absolute").position_scheme == "absolute"
+    assert _cache(tiny_llama, "tova").position_scheme == "reindexed"  # the heuristics keep theirs

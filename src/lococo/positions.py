@@ -48,7 +48,14 @@ def resolve_positions(model: nn.Module, policy, requested: str | bool | None) ->
         return "reindexed" if requested else "absolute"
     if requested is None:
         scheme = policy.default_positions() if hasattr(policy, "default_positions") else "absolute"
-        return scheme if scheme == "absolute" or reindex_refusal(model) is None else "absolute"
+        if scheme == "absolute" or reindex_refusal(model) is not None:
+            return "absolute"
+        if scheme == "clamped":  # a default never fails: without a usable context length, absolute
+            try:
+                clamp_distance(model, policy)
+            except (ConfigError, IncompatibleModelError):
+                return "absolute"
+        return scheme
     if requested not in POSITION_SCHEMES:
         raise ConfigError(f"positions must be one of {', '.join(POSITION_SCHEMES)}, got {requested!r}")
     return requested
