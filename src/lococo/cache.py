@@ -25,7 +25,6 @@ from .positions import (
     clamp_distance,
     clamped,
     incoming_positions,
-    next_position,
     reindexed,
     resolve_positions,
 )
@@ -176,7 +175,7 @@ class CompressedLayer(CacheLayerMixin):
         """Append the positions of ``q`` incoming tokens (called before they are stored)."""
         if self.positions is None:
             self.positions = torch.zeros(*self.keys.shape[:2], 0, dtype=torch.long, device=self.keys.device)
-            self.next_positions = next_position(self.positions, self.valid)
+            self.next_positions = torch.zeros(self.keys.shape[0], 1, dtype=torch.long, device=self.keys.device)
         anchor = self.next_positions
         new = incoming_positions(anchor, self.keys.shape[1], q, incoming_valid)
         self.positions = torch.cat([self.positions, new], dim=-1)

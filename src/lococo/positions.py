@@ -106,16 +106,6 @@ class KeyRotation:
         return rotated.reshape(b, h, n, d).to(keys.dtype)
 
 
-def next_position(positions: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
-    """``[b, 1]``: the position of each row's next token, one past its newest stored real token (0 if none).
-
-    Called before a compression, when the newest token is still stored."""
-    if positions.shape[-1] == 0:
-        return positions.new_zeros(positions.shape[0], 1)
-    p = positions[:, 0] if valid is None else positions[:, 0].masked_fill(~valid, -1)
-    return p.amax(-1, keepdim=True) + 1
-
-
 def incoming_positions(anchor: torch.Tensor, heads: int, q: int, valid: torch.Tensor | None) -> torch.Tensor:
     """Positions ``[b, heads, q]`` of ``q`` incoming tokens that follow a row whose next position is ``anchor``;
     with padding (``valid [b, q]``) the real tokens are counted, as the model's position ids count them."""

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-POSITIONS = ("absolute", "reindexed", "clamped")  # lococo.positions.POSITION_SCHEMES (torch is not imported here)
+POSITIONS = ("absolute", "reindexed", "clamped")  # = lococo.positions.POSITION_SCHEMES (torch not imported here)
 HELP = ("evaluate cache policies: long-document perplexity (ppl), decode fidelity (decode), passkey retrieval "
         "(passkey), RULER's synthetic tasks (ruler)")
 DEFAULT_MEM_SIZES = [128, 512]

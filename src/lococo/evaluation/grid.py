@@ -32,10 +32,6 @@ if TYPE_CHECKING:
 CELL_KEYS = ("policy", "mem_size", "segment_size", "length")
 """Keys every cell and every record has; together with the extra axes they identify a cell."""
 
-POSITIONS = ("absolute", "reindexed", "clamped")
-"""Values of the ``positions`` axis: queries and keys at absolute positions, or the kept slots moved next to
-the incoming tokens (``make_cache(..., reindex_positions=True)``, :mod:`lococo.positions`)."""
-
 CacheFactory = Callable[[], "CompressedCache"]
 CellFn = Callable[[dict[str, Any], CacheFactory], dict[str, Any]]
 PlotFn = Callable[[list[dict], Path], None]
