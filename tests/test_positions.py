@@ -192,3 +192,10 @@ def test_lococo_heads_trained_with_absolute_positions_read_clamped_by_default(ti
     assert tiny_llama.lococo.config.positions == "absolute" and cache.position_scheme == "clamped"
     assert _cache(tiny_llama, "lococo", positions="absolute").position_scheme == "absolute"
     assert _cache(tiny_llama, "tova").position_scheme == "reindexed"  # the heuristics keep theirs
+
+
+def test_the_command_line_offers_every_positions_scheme():
+    from lococo.evaluation.cli import POSITIONS
+    from lococo.positions import POSITION_SCHEMES
+
+    assert POSITIONS == POSITION_SCHEMES
