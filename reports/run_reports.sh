@@ -78,7 +78,8 @@ fi
 if [[ "$WHAT" == all || "$WHAT" == decode-grid ]]; then
     # Issue 12's acceptance table: every policy but the floors (random, meanpool) at both M, 8K and 16K prefill.
     lococo eval decode --length 8192 16384 --decode-tokens 256 --policy full window streaming h2o h2o-last tova \
-        snapkv lococo --mem-size 128 512 --heads shipped --num-docs 4 "${RUN[@]}" --output reports/decode_grid.json
+        snapkv lococo --mem-size 128 512 --heads shipped --num-docs 4 --compare-to tova "${RUN[@]}" \
+        --output reports/decode_grid.json
 fi
 
 if [[ "$WHAT" == passkey-2keys ]]; then

@@ -55,6 +55,12 @@ def main() -> None:
                 diff = f"{d:+.4f}" + ("" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]")
             print(f"| {_label(r)} | {r['ppl']:.2f} | {late_s} | {diff} |")
         print()
+        tova = next((r for r in records if r["policy"] == "tova" and r.get("positions") == "clamped"), None)
+        for r in records if tova else []:
+            if r["policy"] == "tova" and r is not tova and len(r["doc_nll"]) == len(tova["doc_nll"]):
+                d, lo, hi = paired_difference(tova["doc_nll"], r["doc_nll"])
+                interval = "" if lo is None else f" [{lo:+.4f}, {hi:+.4f}]"
+                print(f"TOVA (clamped) − {_label(r)}: {d:+.4f}{interval} nats\n")
 
 
 if __name__ == "__main__":
