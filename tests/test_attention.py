@@ -159,3 +159,46 @@ def test_scoring_left_on_is_harmless_without_a_lococo_cache(attn):
         assert torch.equal(scored.generate(ids, attention_mask=mask, **kw), plain.generate(ids, attention_mask=mask, **kw))
     lococo.disable_scoring(scored)
     assert scored.config._attn_implementation == attn
+
+
+@pytest.mark.parametrize("policy", ["lococo", "h2o"])
+def test_score_pass_skipping_later_keys_changes_nothing(any_attention_model, policy, monkeypatch):
+    """Blocks of 3 queries in segments of 8: with causal masks each block skips the keys after it, and logits,
+    slots and scores equal those of the same blocks reading every key; a left-padded batch included."""
+    import lococo.attention as attention
+
+    model = _attach(any_attention_model)
+    device = next(model.parameters()).device
+    ids, mask = _left_padded([torch.randint(0, 128, (1, n)) for n in (70, 43)])
+    kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
+    monkeypatch.setattr(attention, "_QUERY_BLOCK", 3)
+    is_causal = attention._is_causal
+    runs = []
+    for skip in (True, False):
+        monkeypatch.setattr(attention, "_is_causal", is_causal if skip else lambda mask, q_len: False)
+        out = lococo.prefill(model, ids.to(device), mask.to(device), cache=lococo.make_cache(model, policy, **kw),
+                             segment_size=8)
+        assert all(layer.causal_queries == skip for layer in out.cache.compressed_layers)
+        runs.append(out)
+    skipped, whole = runs
+    tol = 3e-2 if REAL_FLASH else 1e-6
+    torch.testing.assert_close(skipped.logits, whole.logits, atol=tol, rtol=tol)
+    for a, b in zip(skipped.cache.compressed_layers, whole.cache.compressed_layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, atol=tol, rtol=tol)
+        torch.testing.assert_close(a.scores, b.scores, atol=tol, rtol=tol)
+
+
+def test_is_causal_reads_the_mask_each_implementation_receives(monkeypatch):
+    import lococo.attention as attention
+
+    monkeypatch.setattr(attention, "_QUERY_BLOCK", 2)
+    q, stored = 5, 4
+    causal = torch.ones(q, stored + q, dtype=torch.bool).tril(stored)[None, None]
+    assert attention._is_causal(None, q) and attention._is_causal(torch.ones(1, stored + q), q)
+    assert attention._is_causal(causal, q)
+    assert attention._is_causal(torch.where(causal, 0.0, torch.finfo(torch.float32).min), q)  # eager's additive
+    peeking = causal.clone()
+    peeking[..., 1, stored + 3] = True  # token 1 sees token 3: a bidirectional span
+    assert not attention._is_causal(peeking, q)
+    assert not attention._is_causal(torch.where(peeking, 0.0, torch.finfo(torch.float32).min), q)
+    assert not attention._is_causal(causal[..., :2, :], 2)  # one block: nothing to skip, the mask is not read

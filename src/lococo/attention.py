@@ -54,7 +54,7 @@ PREFIX = "lococo_"
 SUPPORTED = "eager, sdpa and flash attention (flash_attention_2/_3 or a kernels-hub flash kernel)"
 _BASES: dict[str, str] = {}  # registered wrapper name -> the implementation it wraps
 _STATE_ATTR = "_lococo_scoring"
-_QUERY_BLOCK = 128  # queries per block: bounds the probability matrix held at once
+_QUERY_BLOCK = 128  # queries per block: bounds the probability matrix held at once (32-256: the same speed on CPU)
 
 
 def _eager_of(module: nn.Module):
@@ -70,14 +70,18 @@ def _base_function(name: str, module: nn.Module):
 
 
 def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, visible: torch.Tensor,
-                        softcap: float | None = None, sinks: torch.Tensor | None = None):
-    """Softmax probabilities ``[b, kv, g, block, L]`` for consecutive blocks of queries (GQA-native, fp32).
+                        softcap: float | None = None, sinks: torch.Tensor | None = None, causal: bool = False):
+    """Softmax probabilities ``[b, kv, g, block, n]`` for consecutive blocks of queries (GQA-native, fp32).
 
     The query heads of a KV group are stacked on the query axis, so each block is one plain batched
     matmul against the group's keys (never repeated). Every query sees at least itself (padding queries
     are given their own slot), so no row is all -inf. ``softcap`` caps the logits as Gemma 2 does
     (``softcap * tanh(logits / softcap)``); ``sinks [H]`` (GPT-OSS's ``s_aux``) adds one logit per query head
     to the softmax's denominator, so the probabilities over the keys sum to less than 1, as in that model.
+
+    ``n`` is the number of keys ``L``, or with ``causal`` (``visible`` is bottom-right causal: query ``i``
+    sees no key after ``L - q + i``) only the keys a block's queries can see: the keys after them, whose
+    probability is exactly 0, are skipped (a third of the work for 512 queries over 128 + 512 keys).
     """
     b, n_heads, q_len, d = query.shape
     kv_heads = key.shape[1]
@@ -85,13 +89,16 @@ def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, 
     q = (query.float() * scaling).reshape(b, kv_heads, groups, q_len, d)
     k_t = key.float().transpose(-1, -2)  # [b, kv, d, L]
     sink = None if sinks is None else sinks.detach().float().reshape(1, kv_heads, groups, 1, 1).to(query.device)
+    zero = torch.zeros((), dtype=torch.float32, device=query.device)
     for start in range(0, q_len, _QUERY_BLOCK):  # masks are applied per block: no [q, L] float tensor
         stop = min(start + _QUERY_BLOCK, q_len)
+        seen = key.shape[2] - q_len + stop if causal else key.shape[2]
         block = q[:, :, :, start:stop].reshape(b, kv_heads, groups * (stop - start), d)
-        logits = torch.matmul(block, k_t).view(b, kv_heads, groups, stop - start, -1)
+        logits = torch.matmul(block, k_t[..., :seen]).view(b, kv_heads, groups, stop - start, seen)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-        logits.masked_fill_(~visible[:, None, None, start:stop], float("-inf"))
+        # an additive bias shared by the heads: ~10x cheaper than a masked fill of the [kv, g, block, n] logits
+        logits.add_(zero.masked_fill(~visible[:, None, None, start:stop, :seen], float("-inf")))
         if sink is None:
             yield start, stop, logits.softmax(dim=-1)
         else:
@@ -102,7 +109,7 @@ def _probability_blocks(query: torch.Tensor, key: torch.Tensor, scaling: float, 
 def _accumulate(total: torch.Tensor, probs: torch.Tensor, query_valid: torch.Tensor | None, start: int, stop: int):
     if query_valid is not None:
         probs = probs * query_valid[:, None, None, start:stop, None]
-    total += probs.detach().sum(dim=(2, 3))
+    total[..., : probs.shape[-1]] += probs.detach().sum(dim=(2, 3))
 
 
 def column_scores(
@@ -114,20 +121,21 @@ def column_scores(
     window: int = 0,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> torch.Tensor:
     """Sum of softmax attention probabilities received by each key: ``[b, kv_heads, L]``.
 
     ``query [b, H, q, d]``, ``key [b, KV, L, d]``, ``visible [b, q, L]`` bool. Query heads sharing a KV
     head are summed (GQA). Padding queries contribute nothing. ``window > 0`` keeps only the last
-    ``window`` queries (SnapKV's observation window, TOVA's latest query). ``softcap`` and ``sinks``: as
-    the model's own attention (:func:`_probability_blocks`).
+    ``window`` queries (SnapKV's observation window, TOVA's latest query). ``softcap``, ``sinks`` and
+    ``causal`` (skip the keys after the queries): as :func:`_probability_blocks`.
     """
     if window:
         query, visible = query[:, :, -window:], visible[:, -window:]
         query_valid = None if query_valid is None else query_valid[:, -window:]
     total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
     with torch.no_grad():
-        for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks):
+        for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks, causal):
             _accumulate(total, probs, query_valid, start, stop)
     return total
 
@@ -141,6 +149,7 @@ def attention_with_scores(
     query_valid: torch.Tensor | None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    causal: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention output ``[b, q, H, d]`` (transformers' layout) and the column scores, from one pass.
 
@@ -152,10 +161,10 @@ def attention_with_scores(
     v = value.float()  # [b, kv, L, dv]
     total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
     outs = []
-    for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks):
+    for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks, causal):
         _accumulate(total, probs, query_valid, start, stop)
-        b_, kv, g, block, length = probs.shape
-        outs.append(torch.matmul(probs.view(b_, kv, g * block, length), v).view(b_, kv, g, block, -1))
+        b_, kv, g, block, seen = probs.shape
+        outs.append(torch.matmul(probs.view(b_, kv, g * block, seen), v[:, :, :seen]).view(b_, kv, g, block, -1))
     out = torch.cat(outs, dim=3).reshape(b, n_heads, q_len, value.shape[-1])
     return out.transpose(1, 2).contiguous().to(query.dtype), total
 
@@ -290,11 +299,13 @@ def make_attention_function(base_name: str):
         if lococo_layer.valid is not None:
             query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
         with torch.profiler.record_function("lococo.scores"):
+            causal = lococo_layer.causal_queries
             if fused:
-                out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid, softcap, sinks)
+                out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid, softcap, sinks,
+                                                    causal)
                 weights = None
             else:
-                scores = column_scores(query, key, scaling, visible, query_valid, window, softcap, sinks)
+                scores = column_scores(query, key, scaling, visible, query_valid, window, softcap, sinks, causal)
         lococo_layer.record_scores(scores, q_len)
         return out, weights
 
@@ -329,23 +340,38 @@ def _incoming_validity(mask: torch.Tensor | None, q_len: int) -> torch.Tensor | 
     return diag if diag.dtype == torch.bool else diag == 0
 
 
-def _incoming(cache, mask, q_len: int) -> tuple[torch.Tensor, list[int]] | None:
-    """Validity of the incoming tokens and its per-row counts, or None if all are real.
+def _is_causal(mask, q_len: int) -> bool:
+    """Whether no incoming token sees a later one under ``mask`` (None and 2-D padding masks leave causality to
+    the kernel, so they are). Worth knowing only for more than one block of queries: then the score pass skips
+    the keys after each block (:func:`_probability_blocks`); one host copy for a 4-D mask."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() == 2:
+        return True
+    if q_len <= _QUERY_BLOCK or mask.dim() != 4:
+        return False
+    new = mask[:, :, -q_len:, mask.shape[-1] - q_len :]
+    new = new if new.dtype == torch.bool else new == 0
+    return not bool(new.triu(1).any())
+
+
+def _incoming(cache, mask, q_len: int) -> tuple[tuple[torch.Tensor, list[int]] | None, bool]:
+    """Validity of the incoming tokens and its per-row counts (None if all are real), and whether the mask is
+    causal (:func:`_is_causal`).
 
     Every layer of a forward receives the same mask object, so this is worked out once per forward (the
-    cache remembers the last mask): at most one device-to-host copy per forward, none without a mask.
+    cache remembers the last mask): at most two device-to-host copies per forward, none without a mask.
     """
     memo = cache.incoming_memo
     if memo is not None and memo[0] is mask and memo[1] == q_len:
-        return memo[2]
+        return memo[2], memo[3]
     valid = _incoming_validity(mask, q_len)
     result = None
     if valid is not None:
         counts = valid.sum(-1).tolist()  # the one host copy of this forward
         if min(counts) < q_len:
             result = (valid, counts)
-    cache.incoming_memo = (mask, q_len, result)
-    return result
+    causal = _is_causal(mask, q_len)
+    cache.incoming_memo = (mask, q_len, result, causal)
+    return result, causal
 
 
 def _argument(args, kwargs, name: str, index: int | None):
@@ -367,7 +393,8 @@ def _pre_hook(module: nn.Module, args, kwargs, *, cache_arg: str = "past_key_val
     if not isinstance(layer, CompressedLayer):
         return None
     hidden = kwargs.get("hidden_states", args[0] if args else None)
-    layer.incoming_valid = _incoming(cache, _argument(args, kwargs, "attention_mask", mask_index), hidden.shape[1])
+    layer.incoming_valid, layer.causal_queries = _incoming(
+        cache, _argument(args, kwargs, "attention_mask", mask_index), hidden.shape[1])
     kwargs["lococo_layer"] = layer
     return args, kwargs
 

@@ -57,6 +57,7 @@ class CompressedLayer(CacheLayerMixin):
         self.score_queries: int | None = None  # queries of the forward behind ``scores`` (None: several forwards)
         # validity of the tokens of the next update and its per-row counts on the host; None: all real
         self.incoming_valid: tuple[torch.Tensor, list[int]] | None = None
+        self.causal_queries = False  # the latest forward's mask is causal (attention._is_causal): skip later keys
         self.compressions = 0
 
     # -- CacheLayerMixin contract ------------------------------------------------------------------
@@ -298,7 +299,7 @@ class CompressedCache(Cache):
         self.policy = policy
         self.position_scheme = scheme  # "absolute", "reindexed" or "clamped" (lococo.positions)
         self.reindex_positions = scheme == "reindexed"
-        self.incoming_memo = None  # (mask, q_len, validity) of the latest forward: see attention._incoming
+        self.incoming_memo = None  # (mask, q_len, validity, causal) of the latest forward: see attention._incoming
 
     @property
     def compressed_layers(self) -> list[CompressedLayer]:

@@ -77,12 +77,12 @@ def student_step(layer: CompressedLayer, seen: dict) -> torch.Tensor:
     b, _, q_len, _ = query.shape
     visible = _visible_from_mask(None, b, q_len, keys.shape[2], query.device)
     out, scores = attention_with_scores(query, keys, values, seen["scaling"], visible, None, seen["softcap"],
-                                        seen["sinks"])
+                                        seen["sinks"], causal=True)
     window = layer.score_request()
     if window is not None:
         if window and window < q_len:
             scores = column_scores(query, keys, seen["scaling"], visible, None, window, seen["softcap"],
-                                   seen["sinks"])
+                                   seen["sinks"], causal=True)
         layer.record_scores(scores, q_len)
     return relative_error(out, seen["out"])
 
