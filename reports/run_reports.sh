@@ -14,6 +14,9 @@
 #   bash reports/run_reports.sh positions     # absolute vs re-indexed positions at 32K, 4 documents, M = 128  ~2 h
 #                                             # (positions-a and positions-b: the two halves, one per core)
 #   bash reports/run_reports.sh positions-clamped # the 'clamped' scheme: LoCoCo and TOVA at 32K, LoCoCo at 8K  ~45 min
+#   bash reports/run_reports.sh ppl-16k       # every 16K held-out sequence, 4 policies, M = 128, default positions ~1 h
+#   bash reports/run_reports.sh positions-clamped-heuristics # StreamingLLM and SnapKV clamped at 32K      ~35 min
+#   bash reports/run_reports.sh positions-m512 # the three schemes at M = 512, 32K, 2 sequences       ~45 min
 #   bash reports/run_reports.sh positions-decode  # decode fidelity after 16K and 32K tokens, both schemes, 2 docs  ~50 min
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
@@ -61,6 +64,13 @@ if [[ "$WHAT" == all || "$WHAT" == ppl-all-docs ]]; then
     # interval widths that set --num-docs (issue 12).
     lococo eval ppl --length 8192 --policy full tova snapkv lococo --mem-size 128 --heads shipped --num-docs 16 \
         "${RUN[@]}" --output reports/ppl_docs16.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == ppl-16k ]]; then
+    # Past the model's 8K context (issue 13): every 16K-token held-out sequence (--num-docs 16 asks for more than
+    # there are), each policy with its default positions, M = 128.
+    lococo eval ppl --length 16384 --policy streaming tova snapkv lococo --mem-size 128 --heads shipped \
+        --num-docs 16 "${RUN[@]}" --output reports/ppl_16k.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
@@ -112,6 +122,21 @@ if [[ "$WHAT" == all || "$WHAT" == positions-clamped ]]; then
         --positions clamped "${RUN[@]}" --output reports/positions/ppl_32k_c.json
     lococo eval ppl --length 8192 --policy lococo --mem-size 128 --heads shipped --num-docs 16 --positions clamped \
         "${RUN[@]}" --output reports/positions/ppl_8k_clamped.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == positions-clamped-heuristics ]]; then
+    # the other two heuristics with the 'clamped' scheme, so that every policy's default comes from a measurement
+    lococo eval ppl --policy streaming snapkv --length 32768 --mem-size 128 --heads shipped --num-docs 4 \
+        --positions clamped "${RUN[@]}" --output reports/positions/ppl_32k_d.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == positions-m512 ]]; then
+    # the three schemes at M = 512 (2 sequences of 32K; absolute StreamingLLM and SnapKV, which collapse at
+    # M = 128, left out)
+    lococo eval ppl --policy tova lococo --length 32768 --mem-size 512 --heads shipped --num-docs 2 \
+        --positions absolute reindexed clamped "${RUN[@]}" --output reports/positions/ppl_32k_m512_a.json
+    lococo eval ppl --policy streaming snapkv --length 32768 --mem-size 512 --heads shipped --num-docs 2 \
+        --positions reindexed clamped "${RUN[@]}" --output reports/positions/ppl_32k_m512_b.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == positions-decode ]]; then

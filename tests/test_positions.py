@@ -119,14 +119,15 @@ def test_full_cache_ignores_reindexing():
     assert not cache.reindex_positions
 
 
-@pytest.mark.parametrize("default", [False, True])
+@pytest.mark.parametrize("default", ["absolute", "reindexed", "clamped"])
 def test_policy_default_applies_where_the_model_allows_it(monkeypatch, tiny_llama, default):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from lococo.policies.baselines import TOVAPolicy
 
-    monkeypatch.setattr(TOVAPolicy, "reindex_default", default)
-    assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM).reindex_positions is default
+    monkeypatch.setattr(TOVAPolicy, "position_scheme", default)
+    assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM).position_scheme == default
+    assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM).reindex_positions is (default == "reindexed")
     assert lococo.make_cache(tiny_llama, "tova", mem_size=MEM, reindex_positions=False).reindex_positions is False
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_embd=32, n_layer=2, n_head=2, n_positions=256)).eval()
     assert lococo.make_cache(gpt2, "tova", mem_size=MEM).reindex_positions is False  # learned positions: absolute
@@ -191,7 +192,8 @@ def test_lococo_heads_trained_with_absolute_positions_read_clamped_by_default(ti
     cache = _cache(tiny_llama, "lococo")
     assert tiny_llama.lococo.config.positions == "absolute" and cache.position_scheme == "clamped"
     assert _cache(tiny_llama, "lococo", positions="absolute").position_scheme == "absolute"
-    assert _cache(tiny_llama, "tova").position_scheme == "reindexed"  # the heuristics keep theirs
+    assert _cache(tiny_llama, "streaming").position_scheme == "reindexed"  # the heuristics keep theirs
+    assert _cache(tiny_llama, "tova").position_scheme == "clamped"
 
 
 def test_the_command_line_offers_every_positions_scheme():

@@ -8,10 +8,11 @@
 #   bash reports/book/run_book.sh full   # the full cache as far as this budget goes: 32K, 2 sequences            ~15 min
 #   bash reports/book/run_book.sh diagnose  # LoCoCo with lambda = 0, and TOVA, with absolute positions at 128K   ~45 min
 #   bash reports/book/run_book.sh clamped  # LoCoCo and TOVA with the 'clamped' positions scheme at 128K          ~30 min
+#   bash reports/book/run_book.sh clamped-heuristics  # StreamingLLM and SnapKV, 'clamped', at 128K           ~25 min
 #   bash reports/book/run_book.sh all
 #
-# POSITIONS=absolute|reindexed sets the key positions of the compressing policies (default: each policy's own:
-# re-indexed for the heuristics, absolute for LoCoCo's heads; reports/positions/positions.md). DOCS sets the number
+# POSITIONS=absolute|reindexed|clamped sets the key positions of the compressing policies (default: each policy's
+# own, docs/policies.md: clamped for TOVA and the shipped LoCoCo heads, re-indexed for the other heuristics). DOCS sets the number
 # of 128K sequences of the ppl target (default 1; each one is ~11 min per policy on one core). One
 # thread per command (OMP_NUM_THREADS=1), so two targets can run side by side on 2 cores.
 set -euo pipefail
@@ -55,6 +56,11 @@ if [[ "$WHAT" == clamped ]]; then
     # The 'clamped' positions scheme (absolute within the model's length, far slots pinned below it), 128K  ~30 min
     lococo eval ppl --length 131072 --policy lococo tova --positions clamped --num-docs "$DOCS" "${RUN[@]}" \
         --output "$OUT/ppl_128k_clamped.json"
+fi
+
+if [[ "$WHAT" == clamped-heuristics ]]; then
+    lococo eval ppl --length 131072 --policy streaming snapkv --positions clamped --num-docs "$DOCS" "${RUN[@]}" \
+        --output "$OUT/ppl_128k_clamped_heuristics.json"
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == full ]]; then

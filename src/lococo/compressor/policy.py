@@ -103,13 +103,6 @@ class LoCoCoPolicy(Policy):
         self.score_mode = {"query": "window", "hybrid": "last"}.get(config.score_mode, config.score_mode)
         self.score_window = 1 if self.layer_average else None
 
-    @property
-    def reindex_default(self) -> bool:  # type: ignore[override]
-        """The positions the heads were trained with (``LoCoCoConfig.positions``): heads read best that way
-        (re-indexed, heads trained with absolute positions lose 0.16 nats per token at 32K,
-        reports/positions/positions.md)."""
-        return self.heads.config.positions == "reindexed"
-
     def default_positions(self) -> str:
         """Heads trained with re-indexed positions read that way; heads trained with absolute positions (the
         shipped ones) read with "clamped" positions, which are absolute within the model's context length and

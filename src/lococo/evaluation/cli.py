@@ -53,9 +53,10 @@ def _add_common_args(parser: argparse.ArgumentParser, kind: str) -> None:
     )
     grid.add_argument(
         "--positions", nargs="+", choices=POSITIONS, default=None,
-        help="key positions: absolute (as the full cache) and/or reindexed (kept slots moved next to the incoming "
-        "tokens, StreamingLLM's scheme, for every policy; rotary models); given, they are an axis of the grid "
-        "(default: each policy's default, see docs/policies.md)",
+        help="key positions, rotary models: absolute (as the full cache), reindexed (kept slots moved next to the "
+        "incoming tokens, StreamingLLM's scheme) and/or clamped (absolute within the model's context length, slots "
+        "farther back moved to just below it); given, they are an axis of the grid (default: each policy's "
+        "default, see docs/policies.md)",
     )
     grid.add_argument("--seed", type=int, default=0)
     grid.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

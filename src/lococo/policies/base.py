@@ -54,10 +54,11 @@ class Policy:
             exactly (:mod:`lococo.models_support`).
         stateless: False if compressions draw on state shared by every cache of the policy (``random``'s
             generator): a cache forked after some compressions then differs from one read from scratch.
-        reindex_default: whether caches of the policy re-index key positions by default (``make_cache``'s
-            ``reindex_positions=None``) on models that allow it (:mod:`lococo.positions`). True for the
+        position_scheme: the key positions of the policy's caches when none is asked for (``make_cache``'s
+            ``positions=None``), on models that allow moving keys (:mod:`lococo.positions`). "reindexed" for the
             heuristics: kept tokens at absolute distances past the model's context cost StreamingLLM and SnapKV
-            2.0 and 1.3 nats per token at 32K on the reference model (reports/positions/positions.md).
+            2.0 and 1.3 nats per token at 32K on the reference model (reports/positions/positions.md); TOVA
+            reads best "clamped" (reports/positions/clamped.md).
 
     Build a policy for a model with :meth:`for_model` (``make_cache`` / ``make_policy`` do): the one step
     that binds its settings to the model (LoCoCo: its heads; StreamingLLM with re-indexing: the RoPE).
@@ -71,7 +72,7 @@ class Policy:
     learned: ClassVar[bool] = False
     contiguous: ClassVar[bool] = False
     stateless: ClassVar[bool] = True
-    reindex_default: ClassVar[bool] = True
+    position_scheme: ClassVar[str] = "reindexed"
     score_window: int | None = None
 
     @classmethod
@@ -100,8 +101,8 @@ class Policy:
 
     def default_positions(self) -> str:
         """The key-position scheme of this policy's caches when none is asked for (:mod:`lococo.positions`):
-        "reindexed" with ``reindex_default``, else "absolute"."""
-        return "reindexed" if self.reindex_default else "absolute"
+        ``position_scheme``."""
+        return self.position_scheme
 
     def for_layer(self, layer_idx: int) -> Policy:
         """The policy instance used by one layer (stateless policies share themselves). Layers may keep

@@ -58,7 +58,7 @@ def student_layers(model) -> dict[int, CompressedLayer]:
     """One inference cache layer per compressed layer of ``model``, under its LoCoCo heads and their positions
     scheme: the layers of the cache inference would build."""
     policy = LoCoCoPolicy(get_heads(model))
-    cache = CompressedCache(model, policy, reindex_positions=policy.reindex_default)
+    cache = CompressedCache(model, policy, positions=policy.heads.config.positions)
     return {i: layer for i, layer in enumerate(cache.layers) if isinstance(layer, CompressedLayer)}
 
 
