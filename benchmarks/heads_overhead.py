@@ -10,7 +10,10 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
     python benchmarks/heads_overhead.py --heads shipped --output benchmarks/results/heads_overhead_shipped.json
 
 ``--heads fresh`` (default) times untrained heads of the default config; ``--heads shipped`` the heads shipped
-for the reference model (their own config: score mode, lambda per layer; ``--head-dtype`` is then ignored).
+for the reference model (their own config: score mode, lambda per layer), cast to ``--head-dtype``:
+
+    python benchmarks/heads_overhead.py --heads shipped --head-dtype bfloat16 \
+        --output benchmarks/results/heads_overhead_shipped_bf16.json
 
 ``--baselines window tova snapkv`` times those policies at the same M in the same alternation (the first one
 is the ``overhead`` reference), and ``--decode-tokens N`` then also feeds the next N tokens one at a time after
@@ -89,7 +92,7 @@ def main() -> None:
     records = []
     for mem in args.mem_size:
         if args.heads == "shipped":
-            lococo.load_heads(model, lococo.shipped_heads(model, mem))
+            lococo.load_heads(model, lococo.shipped_heads(model, mem)).to(getattr(torch, args.head_dtype))
         else:
             lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
                                                      head_dtype=args.head_dtype))

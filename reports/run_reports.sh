@@ -15,9 +15,11 @@
 #                                             # (positions-a and positions-b: the two halves, one per core)
 #   bash reports/run_reports.sh positions-clamped # the 'clamped' scheme: LoCoCo and TOVA at 32K, LoCoCo at 8K  ~45 min
 #   bash reports/run_reports.sh ppl-16k       # every 16K held-out sequence, 4 policies, M = 128, default positions ~1 h
+#   bash reports/run_reports.sh heads-bf16    # the shipped M = 128 heads in bf16: 8K quality and speed      ~25 min
 #   bash reports/run_reports.sh positions-clamped-heuristics # StreamingLLM and SnapKV clamped at 32K      ~35 min
 #   bash reports/run_reports.sh positions-m512 # the three schemes at M = 512, 32K, 2 sequences       ~45 min
 #   bash reports/run_reports.sh positions-decode  # decode fidelity after 16K and 32K tokens, both schemes, 2 docs  ~50 min
+#   bash reports/run_reports.sh positions-decode-clamped  # the same, 'clamped', TOVA and LoCoCo        ~15 min
 #   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
 #   bash reports/run_reports.sh all
 #
@@ -71,6 +73,20 @@ if [[ "$WHAT" == all || "$WHAT" == ppl-16k ]]; then
     # there are), each policy with its default positions, M = 128.
     lococo eval ppl --length 16384 --policy streaming tova snapkv lococo --mem-size 128 --heads shipped \
         --num-docs 16 "${RUN[@]}" --output reports/ppl_16k.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == heads-bf16 ]]; then
+    # Issue 15: the shipped M = 128 heads computing in bf16: quality on every 8K held-out sequence against the
+    # same heads in fp32, and speed (reports/precision/bf16_heads.md)
+    python reports/precision/bf16_heads.py make runs/heads_bf16_m128
+    for dtype in fp32 bf16; do
+        heads=shipped; [[ $dtype == bf16 ]] && heads=runs/heads_bf16_m128
+        lococo eval ppl --length 8192 --policy lococo --mem-size 128 --heads "$heads" --num-docs 16 \
+            --positions clamped "${RUN[@]}" --output "reports/precision/ppl_8k_${dtype}_heads.json"
+    done
+    python benchmarks/heads_overhead.py --heads shipped --head-dtype bfloat16 --threads "$THREADS" \
+        --output benchmarks/results/heads_overhead_shipped_bf16.json
+    python reports/precision/bf16_heads.py compare > reports/precision/bf16_heads.md
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == decode ]]; then
@@ -142,6 +158,12 @@ fi
 if [[ "$WHAT" == all || "$WHAT" == positions-decode ]]; then
     lococo eval decode --length 16384 32768 --decode-tokens 256 --policy streaming tova snapkv lococo --mem-size 128 \
         --heads shipped --num-docs 2 --positions absolute reindexed "${RUN[@]}" --output reports/positions/decode.json
+fi
+
+if [[ "$WHAT" == all || "$WHAT" == positions-decode-clamped ]]; then
+    # the same decode fidelity with the 'clamped' scheme, the default of TOVA and the shipped LoCoCo heads
+    lococo eval decode --length 16384 32768 --decode-tokens 256 --policy tova lococo --mem-size 128 \
+        --heads shipped --num-docs 2 --positions clamped "${RUN[@]}" --output reports/positions/decode_clamped.json
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == bench ]]; then
