@@ -78,10 +78,10 @@ fi
 if [[ "$WHAT" == all || "$WHAT" == heads-bf16 ]]; then
     # Issue 15: the shipped M = 128 heads computing in bf16: quality on every 8K held-out sequence against the
     # same heads in fp32, and speed (reports/precision/bf16_heads.md)
-    python reports/precision/bf16_heads.py make runs/heads_bf16_m128
+    python reports/precision/bf16_heads.py make runs/heads_bf16_m128 bfloat16
+    python reports/precision/bf16_heads.py make runs/heads_fp32_m128 float32
     for dtype in fp32 bf16; do
-        heads=shipped; [[ $dtype == bf16 ]] && heads=runs/heads_bf16_m128
-        lococo eval ppl --length 8192 --policy lococo --mem-size 128 --heads "$heads" --num-docs 16 \
+        lococo eval ppl --length 8192 --policy lococo --mem-size 128 --heads "runs/heads_${dtype}_m128" --num-docs 16 \
             --positions clamped "${RUN[@]}" --output "reports/precision/ppl_8k_${dtype}_heads.json"
     done
     python benchmarks/heads_overhead.py --heads shipped --head-dtype bfloat16 --threads "$THREADS" \

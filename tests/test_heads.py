@@ -192,3 +192,22 @@ def test_query_scores_with_lambda_zero_keep_what_tova_keeps(tiny_llama, reindex)
         assert all(layer.compressions > 1 for layer in cache.compressed_layers)
         logits[name] = torch.stack(out)
     torch.testing.assert_close(logits["lococo"], logits["tova"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_if_native_follows_the_device(tiny_llama, monkeypatch, native):
+    from lococo.compressor import heads as heads_module
+
+    monkeypatch.setattr(heads_module, "has_native_bf16", lambda device: native)
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, buffer=4, kernel_size=3, head_dtype="bfloat16_if_native"))
+    expected = torch.bfloat16 if native else torch.float32
+    assert {p.dtype for p in tiny_llama.lococo.parameters()} == {expected}
+    out = lococo.prefill(tiny_llama, torch.randint(0, 128, (1, 48)), segment_size=8).logits
+    assert torch.isfinite(out).all()
+
+
+def test_shipped_heads_ask_for_bfloat16_where_it_is_native():
+    from lococo.compressor.heads_io import SHIPPED_DIR, read_heads_config
+
+    configs = [read_heads_config(folder)[0] for folder in sorted(SHIPPED_DIR.iterdir()) if folder.is_dir()]
+    assert configs and {c.head_dtype for c in configs} == {"bfloat16_if_native"}

@@ -84,7 +84,7 @@ def test_half_precision_on_a_cpu_without_native_kernels_warns(monkeypatch):
     from lococo import models
 
     model = build_model(tiny_llama_config()).to(torch.bfloat16)
-    monkeypatch.setattr(models, "_cpu_lacks_native", lambda dtype: dtype == torch.bfloat16)
+    monkeypatch.setattr(models, "cpu_lacks_native", lambda dtype: dtype == torch.bfloat16)
     with pytest.warns(UserWarning, match="float32"):
         models.warn_slow_half_precision(model)
     with warnings.catch_warnings():

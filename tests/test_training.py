@@ -263,3 +263,16 @@ def test_layer_objective_trains_and_logs_its_own_loss(tmp_path):
     loop.prepare_model(start, tiny_config(tmp_path))
     trained = _heads(final)
     assert any(not torch.allclose(v, start.lococo.state_dict()[k.removeprefix("lococo.")]) for k, v in trained.items())
+
+
+def test_heads_set_to_bfloat16_if_native_train_in_float32(tmp_path, monkeypatch):
+    from lococo.compressor import heads as heads_module
+
+    monkeypatch.setattr(heads_module, "has_native_bf16", lambda device: True)
+    model = build_model(tiny_llama_config())
+    lococo.attach(model, LoCoCoConfig(mem_size=8, buffer=2, segment_size=16, kernel_size=3,
+                                      head_dtype="bfloat16_if_native"))
+    assert next(model.lococo.parameters()).dtype == torch.bfloat16
+    final = train_heads(model, tiny_rows(), tiny_config(tmp_path, max_steps=1))
+    assert {p.dtype for p in model.lococo.parameters()} == {torch.float32}
+    assert json.loads((Path(final) / "lococo_config.json").read_text())["config"]["head_dtype"] == "bfloat16_if_native"

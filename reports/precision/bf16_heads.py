@@ -1,6 +1,7 @@
 """The shipped M = 128 heads computing in bf16 instead of fp32 (issue 15: a cheaper convolution).
 
-    python reports/precision/bf16_heads.py make runs/heads_bf16_m128   # the shipped folder, head_dtype bfloat16
+    python reports/precision/bf16_heads.py make runs/heads_bf16_m128 bfloat16  # the shipped folder, heads in bf16
+    python reports/precision/bf16_heads.py make runs/heads_fp32_m128 float32   # ... in fp32
     python reports/precision/bf16_heads.py compare > reports/precision/bf16_heads.md
 
 The weights are stored in bf16 either way; only the precision the convolution runs in changes. ``compare``
@@ -28,11 +29,12 @@ SPEED = {"fp32 heads": "benchmarks/results/heads_overhead_shipped.json",
          "bf16 heads": "benchmarks/results/heads_overhead_shipped_bf16.json"}
 
 
-def make(folder: Path) -> None:
+def make(folder: Path, dtype: str) -> None:
+    """A copy of the shipped heads whose config fixes ``dtype`` (theirs, "bfloat16_if_native", follows the CPU)."""
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(SHIPPED, folder)
     config = json.loads((folder / "lococo_config.json").read_text())
-    config["config"]["head_dtype"] = "bfloat16"
+    config["config"]["head_dtype"] = dtype
     (folder / "lococo_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -66,6 +68,6 @@ def compare() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["make"]:
-        make(Path(sys.argv[2]))
+        make(Path(sys.argv[2]), sys.argv[3])
     else:
         compare()

@@ -23,6 +23,7 @@ import torch
 
 from lococo._fetch import PackageFile, cache_dir, extract_member, locked
 from lococo.errors import ConfigError, FetchError, LococoError
+from lococo.models_support import cpu_lacks_native
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -197,13 +198,6 @@ def load_model(
     return model, tokenizer
 
 
-def _cpu_lacks_native(dtype: torch.dtype) -> bool:
-    """True when this CPU has no native kernels for ``dtype`` (bf16: AVX512-BF16/AMX; fp16: AVX512-FP16/AMX)."""
-    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
-    check = getattr(torch.ops.mkldnn, probe, None) if probe else None
-    return check is not None and not check()
-
-
 def warn_slow_half_precision(model: torch.nn.Module) -> None:
     """Warn when a model with bf16/fp16 weights sits on a CPU without native kernels for them.
 
@@ -211,7 +205,7 @@ def warn_slow_half_precision(model: torch.nn.Module) -> None:
     an AVX2-only CPU (benchmarks/results/half_precision_cpu.txt). Use ``--dtype float32`` there.
     """
     param = next(model.parameters(), None)
-    if param is not None and param.device.type == "cpu" and _cpu_lacks_native(param.dtype):
+    if param is not None and param.device.type == "cpu" and cpu_lacks_native(param.dtype):
         warnings.warn(
             f"the model is in {str(param.dtype).removeprefix('torch.')} on a CPU without native kernels for it: "
             f"matrix products run emulated, many times slower than float32. Use dtype float32 (--dtype float32) "

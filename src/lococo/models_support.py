@@ -89,6 +89,26 @@ LEVELS = ("cache", "window", "compression", "scores")
 """What a policy asks of a model, each level needing more than the one before (module docstring)."""
 
 
+
+def cpu_lacks_native(dtype: torch.dtype) -> bool:
+    """True when this CPU has no native kernels for ``dtype`` (bf16: AVX512-BF16/AMX; fp16: AVX512-FP16/AMX)."""
+    probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
+    check = getattr(torch.ops.mkldnn, probe, None) if probe else None
+    return check is not None and not check()
+
+
+def has_native_bf16(device: torch.device | str) -> bool:
+    """Whether bf16 runs natively on ``device``: a CUDA GPU that supports it, or a CPU with AVX512-BF16/AMX
+    (elsewhere bf16 kernels are emulated, 21-85x slower than fp32: benchmarks/results/half_precision_cpu.txt)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return probe is not None and bool(probe())
+    return False
+
+
 @dataclass(frozen=True)
 class AttentionLayout:
     """The facts about a model that the heads and the cache need, and what it cannot do (``refusals``)."""

@@ -16,7 +16,7 @@ from ..errors import ConfigError
 
 SCORE_MODES = ("last", "accumulated", "query", "recent", "hybrid")
 ACTIVATIONS = ("relu", "gelu", "silu", "identity")
-HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto")
+HEAD_DTYPES = ("float32", "bfloat16", "float16", "auto", "bfloat16_if_native")
 POSITION_SCHEMES = ("absolute", "reindexed")
 LEGACY_FIELDS = ("clamp_lambda", "extra")
 """Fields of lococo 0.1 configs that are read and ignored (lambda is now in [0, 1] by construction; ``extra``
@@ -48,7 +48,10 @@ class LoCoCoConfig:
             queries since the previous compression instead of one query's), or "hybrid" ("last" in prefill; when
             the scores come from one query, in decoding, summed over the layer's heads as TOVA ranks). With
             "query" and ``lambda_init`` 0 an untrained LoCoCo keeps exactly what TOVA keeps.
-        head_dtype: dtype of the head parameters ("auto" = the model's dtype).
+        head_dtype: dtype of the head parameters ("auto" = the model's dtype; "bfloat16_if_native" = bfloat16
+            on a device with native bf16 kernels (a CUDA GPU that supports it, a CPU with AVX512-BF16/AMX) and
+            float32 elsewhere, where emulated bf16 convolutions are 21-85x slower: the shipped heads' setting,
+            reports/precision/bf16_heads.md); training updates them in float32.
         positions: the key positions the heads are trained with, and so the default of their caches
             (``make_cache(reindex_positions=None)``): "absolute" (tokens seen) or "reindexed" (counted inside
             the cache after every compression, :mod:`lococo.positions`). Heads trained one way read worse the

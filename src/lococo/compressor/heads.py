@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import IncompatibleModelError
-from ..models_support import attention_layout
+from ..models_support import attention_layout, has_native_bf16
 from .config import LoCoCoConfig
 
 ATTR = "lococo"
@@ -134,9 +134,11 @@ class LoCoCoHeads(nn.Module):
         return self.heads[str(layer_idx)]
 
 
-def _head_dtype(config: LoCoCoConfig, model: nn.Module) -> torch.dtype:
+def _head_dtype(config: LoCoCoConfig, model: nn.Module, device: torch.device) -> torch.dtype:
     if config.head_dtype == "auto":
         return next(model.parameters()).dtype
+    if config.head_dtype == "bfloat16_if_native":
+        return torch.bfloat16 if has_native_bf16(device) else torch.float32
     return getattr(torch, config.head_dtype)
 
 
@@ -152,9 +154,9 @@ def attach(model: nn.Module, config: LoCoCoConfig | None = None) -> LoCoCoHeads:
         raise IncompatibleModelError("this model already has LoCoCo heads attached; call lococo.detach(model) first")
     layout = attention_layout(model)
     heads = LoCoCoHeads(config, layout.head_dim, layout.compressed_layers)
-    dtype = _head_dtype(config, model)
     for i in layout.compressed_layers:
-        heads.head(i).to(device=layout.devices[i], dtype=dtype)
+        device = layout.devices[i]
+        heads.head(i).to(device=device, dtype=_head_dtype(config, model, device or torch.device("cpu")))
     model.add_module(ATTR, heads)
     return heads
 

@@ -76,6 +76,8 @@ def prepare_model(model, cfg: TrainConfig) -> LoraConfig | None:
     elif not has_heads(model):
         attach(model, LoCoCoConfig(**cfg.lococo_config()))
     heads = get_heads(model).config
+    if heads.head_dtype == "bfloat16_if_native":
+        get_heads(model).float()  # an inference setting (the shipped heads'): the optimiser updates fp32 weights
     if cfg.positions == "reindexed" and (reason := reindex_refusal(model)) is not None:
         raise ConfigError(f"positions 'reindexed' cannot train on {type(model).__name__}: {reason}; use absolute")
     heads.positions = cfg.positions  # the scheme these heads are trained with: their caches' default
