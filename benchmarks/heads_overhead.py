@@ -8,6 +8,8 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
     python benchmarks/heads_overhead.py --mem-size 128 --head-dtype bfloat16 \
         --output benchmarks/results/heads_overhead_bf16.json
     python benchmarks/heads_overhead.py --heads shipped --output benchmarks/results/heads_overhead_shipped.json
+    python benchmarks/heads_overhead.py --bottleneck 32 --separable \
+        --output benchmarks/results/heads_overhead_cheap_conv.json   # cheaper conv architectures, fresh heads
 
 ``--heads fresh`` (default) times untrained heads of the default config; ``--heads shipped`` the heads shipped
 for the reference model (their own config: score mode, lambda per layer), cast to ``--head-dtype``:
@@ -77,6 +79,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--head-dtype", default="float32", help="dtype of the heads (the conv runs in it)")
     parser.add_argument("--heads", choices=["fresh", "shipped"], default="fresh")
+    parser.add_argument("--bottleneck", type=int, default=0,
+                        help="fresh heads: LoCoCoConfig.bottleneck (1x1 projection to this many channels first)")
+    parser.add_argument("--separable", action="store_true", help="fresh heads: LoCoCoConfig.separable (depthwise + 1x1)")
     parser.add_argument("--baselines", nargs="+", default=["window"],
                         help="policies timed beside LoCoCo at the same M (default window; the first is the "
                         "reference of 'overhead')")
@@ -95,7 +100,8 @@ def main() -> None:
             lococo.load_heads(model, lococo.shipped_heads(model, mem)).to(getattr(torch, args.head_dtype))
         else:
             lococo.attach(model, lococo.LoCoCoConfig(mem_size=mem, segment_size=args.segment_size,
-                                                     head_dtype=args.head_dtype))
+                                                     head_dtype=args.head_dtype, bottleneck=args.bottleneck,
+                                                     separable=args.separable))
 
         def new_cache(policy: str, mem: int = mem):
             return lococo.make_cache(model, policy, **({} if policy == "lococo" else {"mem_size": mem}))
@@ -114,6 +120,8 @@ def main() -> None:
         segments = len(segment_bounds(args.tokens, args.segment_size)) - 2
         record = {
             "policy": "lococo", "heads": args.heads, "mem_size": mem, "head_dtype": args.head_dtype,
+            "conv": ("full" if args.heads == "shipped" else
+                     f"{'separable' if args.separable else 'full'}, bottleneck {args.bottleneck or 'none'}"),
             "segment_size": args.segment_size, "length": args.tokens,
             **{f"{p}_segment_s": median[p] for p in policies},
             "overhead": median["lococo"] / median[policies[0]] - 1,

@@ -36,6 +36,8 @@ def test_json_round_trip(mem, rho, kernel, mode):
         (dict(activation="tanh"), "activation"),
         (dict(segment_size=2.5), "integer"),
         (dict(positions="clamped"), "positions"),
+        (dict(bottleneck=-1), "bottleneck"),
+        (dict(separable=1), "separable"),
     ],
 )
 def test_bad_values_name_the_field(kwargs, words):

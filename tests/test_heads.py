@@ -211,3 +211,38 @@ def test_shipped_heads_ask_for_bfloat16_where_it_is_native():
 
     configs = [read_heads_config(folder)[0] for folder in sorted(SHIPPED_DIR.iterdir()) if folder.is_dir()]
     assert configs and {c.head_dtype for c in configs} == {"bfloat16_if_native"}
+
+
+def _macs_per_token(head: ConvCompressorHead) -> int:
+    """Multiply-adds per input token of the head's convolutions (weights times output positions)."""
+    return sum(m.weight.numel() for m in head.modules() if isinstance(m, torch.nn.Conv1d))
+
+
+@pytest.mark.parametrize("options", [{"bottleneck": 16}, {"separable": True}, {"bottleneck": 16, "separable": True}])
+def test_cheaper_conv_options_cost_less_and_mix_like_the_full_conv(options):
+    cfg = LoCoCoConfig(mem_size=32, hh_keep_rate=0.5, kernel_size=21, lambda_init=1.0, n_conv_layers=2)
+    torch.manual_seed(0)
+    full, cheap = ConvCompressorHead(64, cfg), ConvCompressorHead(64, LoCoCoConfig(**(cfg.to_dict() | options)))
+    assert _macs_per_token(cheap) < _macs_per_token(full) / 3
+    keys, values = torch.randn(2, 3, 40, 64), torch.randn(2, 3, 40, 64)
+    valid = torch.ones(2, 3, 40, dtype=torch.bool)
+    valid[0, :, :7] = False  # left padding in one row
+    logits = cheap.mixing_logits(keys, values, valid)
+    assert logits.shape == (2, 3, cfg.n_fused, 40)
+    # a padded row mixes as the row alone: padding is zeroed before every conv (the projection has no bias)
+    alone = cheap.mixing_logits(keys[:1, :, 7:], values[:1, :, 7:], None)
+    assert torch.allclose(logits[0, :, :, 7:], alone[0], atol=1e-5)
+    w = lococo_compress(cheap, cfg.n_heavy, 0, keys, torch.ones_like(values), torch.rand(2, 3, 40), valid[:, 0])
+    assert torch.allclose(w.values, torch.ones_like(w.values), atol=1e-5)  # still convex mixtures
+
+
+def test_cheaper_conv_heads_save_and_load(tiny_llama, tmp_path):
+    from conftest import tiny_llama_config
+
+    lococo.attach(tiny_llama, LoCoCoConfig(mem_size=16, buffer=4, kernel_size=5, bottleneck=8, separable=True))
+    ids = torch.randint(0, 128, (1, 60))
+    before = lococo.prefill(tiny_llama, ids, segment_size=8).logits
+    lococo.save_heads(tiny_llama, tmp_path / "h")
+    fresh = build_model(tiny_llama_config())
+    lococo.load_heads(fresh, tmp_path / "h")
+    assert torch.equal(lococo.prefill(fresh, ids, segment_size=8).logits, before)

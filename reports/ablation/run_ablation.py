@@ -57,6 +57,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     # ReLU before the softmax leaves dead channels as uniform averages of every evicted token
     # (reports/mixing/shipped_m128.txt: 11.9% of the shipped heads' fused slots)
     "identity": ("activation", {"activation": "identity"}),
+    # cheaper convolutions (issue 15): multiply-adds per token at M = 128 (2d = 128 channels, C = 64, k = 21):
+    # full 172K, a 1x1 projection to 32 channels first 47K (3.7x fewer), depthwise + 1x1 11K (16x fewer)
+    "bottleneck32": ("conv architecture", {"bottleneck": 32}),
+    "separable": ("conv architecture", {"separable": True}),
 }
 # Untrained references, read with the same protocol.
 REFERENCES: dict[str, tuple[str, dict]] = {

@@ -34,6 +34,11 @@ class LoCoCoConfig:
         kernel_size: width of the 1-D convolution ("same" padding); must be odd.
         n_conv_layers: number of convolution layers (activation after each).
         expand: hidden width multiplier of the intermediate conv layers (hidden = C * expand).
+        bottleneck: channels of a bias-free 1x1 projection of ``[K; V]`` (``2 * head_dim`` channels) before the
+            convolution, 0 for none (the paper). The k-wide conv then reads ``bottleneck`` channels instead of
+            ``2 * head_dim``: multiply-adds per token ``2d*r + r*C*k`` instead of ``2d*C*k``.
+        separable: each conv layer as a depthwise k-wide conv (one filter per input channel) followed by a 1x1
+            conv: ``c_in*k + c_in*c_out`` multiply-adds per token instead of ``c_in*c_out*k``.
         activation: activation after each conv layer ("relu" as the paper).
         lambda_init: initial value, in [0, 1], of the learnable per-layer blend between conv weights and
             top-k selection. lambda = sigmoid(logit) stays in [0, 1] while training (the paper's scalar was
@@ -68,6 +73,8 @@ class LoCoCoConfig:
     kernel_size: int = 21
     n_conv_layers: int = 1
     expand: int = 1
+    bottleneck: int = 0
+    separable: bool = False
     activation: str = "relu"
     lambda_init: float = 0.5
     buffer: int = 16
@@ -98,7 +105,8 @@ class LoCoCoConfig:
             if not cond:
                 raise ConfigError(f"invalid LoCoCoConfig: {msg}")
 
-        for name in ("mem_size", "segment_size", "kernel_size", "n_conv_layers", "expand", "buffer", "local_window"):
+        for name in ("mem_size", "segment_size", "kernel_size", "n_conv_layers", "expand", "bottleneck", "buffer",
+                     "local_window"):
             value = getattr(self, name)
             need(isinstance(value, int) and not isinstance(value, bool), f"{name} must be an integer, got {value!r}")
         need(self.mem_size >= 1, f"mem_size must be >= 1, got {self.mem_size}")
@@ -108,6 +116,8 @@ class LoCoCoConfig:
         need(self.n_conv_layers >= 1, f"n_conv_layers must be >= 1, got {self.n_conv_layers}")
         need(self.expand >= 1, f"expand must be >= 1, got {self.expand}")
         need(self.buffer >= 0, f"buffer must be >= 0, got {self.buffer}")
+        need(self.bottleneck >= 0, f"bottleneck must be >= 0 (0 = no projection), got {self.bottleneck}")
+        need(isinstance(self.separable, bool), f"separable must be true or false, got {self.separable!r}")
         need(self.local_window >= 0, f"local_window must be >= 0, got {self.local_window}")
         need(
             self.local_window <= self.n_heavy,

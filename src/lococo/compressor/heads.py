@@ -41,13 +41,17 @@ class ConvCompressorHead(nn.Module):
         self.n_fused = config.n_fused
         width_out = max(self.n_fused, 1)
         hidden = width_out * config.expand
-        channels = [2 * head_dim] + [hidden] * (config.n_conv_layers - 1) + [width_out]
+        width_in = config.bottleneck or 2 * head_dim
+        # a linear map to fewer channels (no bias: masked positions stay zero, as the conv's own padding)
+        self.project = nn.Conv1d(2 * head_dim, width_in, 1, bias=False) if config.bottleneck else None
+        channels = [width_in] + [hidden] * (config.n_conv_layers - 1) + [width_out]
         self.convs = nn.ModuleList(
-            nn.Conv1d(c_in, c_out, config.kernel_size, padding=config.kernel_size // 2)
+            _conv_layer(c_in, c_out, config.kernel_size, config.separable)
             for c_in, c_out in zip(channels[:-1], channels[1:], strict=True)
         )
-        for conv in self.convs:
-            nn.init.zeros_(conv.bias)  # the research code left it uninitialised (NaN)
+        for module in self.convs.modules():
+            if isinstance(module, nn.Conv1d) and module.bias is not None:
+                nn.init.zeros_(module.bias)  # the research code left it uninitialised (NaN)
         self.act = _ACTIVATIONS[config.activation]()
         self.lam_logit = nn.Parameter(torch.logit(torch.tensor(float(config.lambda_init))))
         self._selects: tuple[int, bool] | None = None  # (lam_logit's version, lambda == 0)
@@ -85,14 +89,24 @@ class ConvCompressorHead(nn.Module):
         """
         b, h, r, _ = keys.shape
         x = torch.cat([keys, values], dim=-1).reshape(b * h, r, -1).transpose(1, 2)
-        weight = self.convs[0].weight
-        x = x.to(weight.dtype)
+        x = x.to(self.lam_logit.dtype)  # the heads' dtype
         keep = None if valid is None else valid.reshape(b * h, 1, r).to(x.dtype)
+        if self.project is not None:
+            x = self.project(x)
         for conv in self.convs:
             if keep is not None:
                 x = x * keep
             x = self.act(conv(x))
         return x.reshape(b, h, -1, r)
+
+
+def _conv_layer(c_in: int, c_out: int, kernel_size: int, separable: bool) -> nn.Module:
+    """One k-wide conv layer ("same" padding): full, or depthwise then 1x1 (``LoCoCoConfig.separable``)."""
+    pad = kernel_size // 2
+    if not separable:
+        return nn.Conv1d(c_in, c_out, kernel_size, padding=pad)
+    return nn.Sequential(nn.Conv1d(c_in, c_in, kernel_size, padding=pad, groups=c_in, bias=False),
+                         nn.Conv1d(c_in, c_out, 1))
 
 
 LEGACY_LAMBDA_EPS = 1e-4
