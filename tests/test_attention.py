@@ -202,3 +202,53 @@ def test_is_causal_reads_the_mask_each_implementation_receives(monkeypatch):
     assert not attention._is_causal(peeking, q)
     assert not attention._is_causal(torch.where(peeking, 0.0, torch.finfo(torch.float32).min), q)
     assert not attention._is_causal(causal[..., :2, :], 2)  # one block: nothing to skip, the mask is not read
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+@pytest.mark.parametrize("softcap", [None, 5.0])
+@pytest.mark.parametrize("window", [0, 3])
+def test_flex_scores_equal_the_blockwise_reference(softcap, window):
+    """Two flex_attention passes (the GPU path, unfused on CPU) give the blockwise column sums and the output,
+    with GQA, invalid stored slots, padding queries and soft-capping."""
+    from lococo.attention import _visible_from_mask, attention_with_scores, column_scores
+    from lococo.flex_scores import flex_attention_with_scores, flex_column_scores
+
+    torch.manual_seed(0)
+    b, n_heads, kv_heads, q, length, d = 2, 6, 2, 12, 30, 16
+    query, key, value = torch.randn(b, n_heads, q, d), torch.randn(b, kv_heads, length, d), torch.randn(b, kv_heads, length, d)
+    visible = _visible_from_mask(None, b, q, length, "cpu").clone()
+    visible[1, :, :5] = False  # stored slots that are padding
+    query_valid = torch.ones(b, q, dtype=torch.bool)
+    query_valid[1, :2] = False  # padding queries, which see themselves only
+    visible[1, :2] = False
+    visible[1, [0, 1], [length - q, length - q + 1]] = True
+    scale = d**-0.5
+    ref = column_scores(query, key, scale, visible, query_valid, window, softcap)
+    torch.testing.assert_close(flex_column_scores(query, key, scale, visible, query_valid, window, softcap), ref)
+    if not window:
+        out_ref, scores_ref = attention_with_scores(query, key, value, scale, visible, query_valid, softcap)
+        out, scores = flex_attention_with_scores(query, key, value, scale, visible, query_valid, softcap)
+        torch.testing.assert_close(out, out_ref)
+        torch.testing.assert_close(scores, scores_ref)
+
+
+@pytest.mark.filterwarnings("ignore:.*flex_attention.*:UserWarning")
+@pytest.mark.parametrize("policy", ["lococo", "snapkv"])
+def test_flex_score_kernel_keeps_what_the_blockwise_one_keeps(tiny_llama, policy, monkeypatch):
+    import lococo.flex_scores as flex_scores
+
+    calls = []
+    run = flex_scores._run
+    monkeypatch.setattr(flex_scores, "_run", lambda *args, **kwargs: calls.append(1) or run(*args, **kwargs))
+    model = _attach(tiny_llama)
+    ids, mask = _left_padded([torch.randint(0, 128, (1, n)) for n in (70, 43)])
+    kw = {} if policy == "lococo" else dict(mem_size=16, buffer=4)
+    runs = [lococo.prefill(model, ids, mask, cache=lococo.make_cache(model, policy, score_kernel=kernel, **kw),
+                           segment_size=8) for kernel in ("blockwise", "flex")]
+    assert calls  # the flex passes ran
+    torch.testing.assert_close(runs[1].logits, runs[0].logits, atol=1e-4, rtol=1e-4)
+    for a, b in zip(runs[1].cache.compressed_layers, runs[0].cache.compressed_layers, strict=True):
+        torch.testing.assert_close(a.keys, b.keys, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a.scores, b.scores, atol=1e-4, rtol=1e-4)
+    with pytest.raises(lococo.ConfigError, match="score_kernel"):
+        lococo.make_cache(model, policy, score_kernel="triton", **kw)

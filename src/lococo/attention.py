@@ -300,7 +300,15 @@ def make_attention_function(base_name: str):
             query_valid = lococo_layer.valid[:, kv_len - q_len :].to(query.device)
         with torch.profiler.record_function("lococo.scores"):
             causal = lococo_layer.causal_queries
-            if fused:
+            if lococo_layer.score_kernel == "flex" and sinks is None:
+                from .flex_scores import flex_attention_with_scores, flex_column_scores
+
+                if fused:
+                    out, scores = flex_attention_with_scores(query, key, value, scaling, visible, query_valid, softcap)
+                    weights = None
+                else:
+                    scores = flex_column_scores(query, key, scaling, visible, query_valid, window, softcap)
+            elif fused:
                 out, scores = attention_with_scores(query, key, value, scaling, visible, query_valid, softcap, sinks,
                                                     causal)
                 weights = None

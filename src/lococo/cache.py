@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer, DynamicSlidingWindowLayer
 
+from .errors import ConfigError
 from .models_support import layout_for_policy
 from .policies.base import Policy
 from .positions import (
@@ -30,6 +31,9 @@ from .positions import (
 )
 
 _SUMMED = ("accumulated", "recent")
+SCORE_KERNELS = ("blockwise", "flex")
+"""How attention scores are computed: blocks of probabilities (:mod:`lococo.attention`, the default) or two
+``flex_attention`` passes that never hold them (:mod:`lococo.flex_scores`, the GPU path)."""
 """Score modes summed over forwards (scores are asked of every forward, not only before a compression)."""
 
 
@@ -59,6 +63,7 @@ class CompressedLayer(CacheLayerMixin):
         self.incoming_valid: tuple[torch.Tensor, list[int]] | None = None
         self.causal_queries = False  # the latest forward's mask is causal (attention._is_causal): skip later keys
         self.compressions = 0
+        self.score_kernel = "blockwise"  # or "flex" (lococo.flex_scores): set by CompressedCache
 
     # -- CacheLayerMixin contract ------------------------------------------------------------------
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -278,11 +283,14 @@ class CompressedCache(Cache):
     A model the policy cannot run on is refused with the reason
     (:func:`lococo.models_support.layout_for_policy`). Every layer that is not a full-attention layer keeps the
     layer transformers' ``DynamicCache(config=...)`` would give it: sliding-window and chunked layers their
-    window, the recurrent / convolution layers of hybrid models their state.
+    window, the recurrent / convolution layers of hybrid models their state. ``score_kernel`` (``SCORE_KERNELS``)
+    picks how attention scores are computed.
     """
 
     def __init__(self, model: nn.Module, policy: Policy, reindex_positions: bool = False,
-                 positions: str | None = None) -> None:
+                 positions: str | None = None, score_kernel: str = "blockwise") -> None:
+        if score_kernel not in SCORE_KERNELS:
+            raise ConfigError(f"score_kernel must be one of {SCORE_KERNELS}, got {score_kernel!r}")
         scheme = resolve_positions(model, policy, positions if positions is not None else bool(reindex_positions))
         layout = layout_for_policy(model, policy, reindex_positions=scheme != "absolute")
         rotation = KeyRotation(model) if scheme != "absolute" else None
@@ -295,6 +303,9 @@ class CompressedCache(Cache):
             else:
                 kwargs = layout.layer_kwargs[i] if layout.layer_kwargs else {}
                 layers.append(_transformers_layer(kind, kwargs, layout.windows[i] if layout.windows else None))
+        for layer in layers:
+            if isinstance(layer, CompressedLayer):
+                layer.score_kernel = score_kernel
         super().__init__(layers=layers)
         self.policy = policy
         self.position_scheme = scheme  # "absolute", "reindexed" or "clamped" (lococo.positions)

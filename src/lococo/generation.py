@@ -35,6 +35,7 @@ def make_cache(
     prefill_chunk_size: int | str | None = "auto",
     reindex_positions: bool | None = None,
     positions: str | None = None,
+    score_kernel: str = "blockwise",
     **policy_kwargs,
 ) -> CompressedCache:
     """A fresh compressing cache for ``model`` under ``policy`` (a name or a :class:`Policy`).
@@ -59,6 +60,10 @@ def make_cache(
     the model allows moving keys, absolute positions elsewhere. ``positions`` names the scheme instead
     ("absolute", "reindexed", or "clamped": absolute positions until a slot falls farther back than the
     model's context length, then moved to that distance; :mod:`lococo.positions`); give one of the two.
+
+    ``score_kernel="flex"`` computes the attention scores with two ``flex_attention`` passes that never hold the
+    probability matrix (:mod:`lococo.flex_scores`; compiled on a GPU, unfused and slower on a CPU); the
+    default ``"blockwise"`` holds one block of it at a time.
     """
     enable_scoring(model)
     if isinstance(policy, str):
@@ -70,7 +75,7 @@ def make_cache(
     scheme = resolve_positions(model, policy, positions if positions is not None else reindex_positions)
     layout_for_policy(model, policy, scheme != "absolute")  # refused with the reason before the config changes
     _chunk_generate_prefill(model, policy, prefill_chunk_size)
-    return CompressedCache(model, policy, positions=scheme)
+    return CompressedCache(model, policy, positions=scheme, score_kernel=score_kernel)
 
 
 def _chunk_generate_prefill(model: nn.Module, policy: Policy, chunk: int | str | None) -> None:
