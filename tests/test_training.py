@@ -276,3 +276,11 @@ def test_heads_set_to_bfloat16_if_native_train_in_float32(tmp_path, monkeypatch)
     final = train_heads(model, tiny_rows(), tiny_config(tmp_path, max_steps=1))
     assert {p.dtype for p in model.lococo.parameters()} == {torch.float32}
     assert json.loads((Path(final) / "lococo_config.json").read_text())["config"]["head_dtype"] == "bfloat16_if_native"
+
+
+def test_the_recipe_trains_cheaper_conv_heads(tmp_path):
+    final = train_heads(build_model(tiny_llama_config()), tiny_rows(),
+                        tiny_config(tmp_path, bottleneck=4, separable=True, max_steps=1))
+    saved = json.loads((Path(final) / "lococo_config.json").read_text())["config"]
+    assert (saved["bottleneck"], saved["separable"]) == (4, True)
+    assert any(".project." in k for k in _heads(final))

@@ -29,6 +29,7 @@ class TrainConfig:
     "layer" reconstructs each compressed layer's attention output from its compressed memory, against the full
     cache's (one forward per chunk without gradient, no backward through the model; the logged ``loss`` is then
     that relative error; :mod:`lococo.training.layerwise`).
+    ``bottleneck``, ``separable``: the cheaper conv architectures of fresh heads (as ``LoCoCoConfig``).
     ``decode_tokens``: the last tokens of each training sequence are read one at a time, through the
     decoding path (buffer-sized compressions scored by one query), as ``generate`` reads them; their mean
     loss is one more learning unit.
@@ -45,6 +46,8 @@ class TrainConfig:
     n_segments: int = 4
     hh_keep_rate: float = 0.5
     kernel_size: int = 21
+    bottleneck: int = 0
+    separable: bool = False
     buffer: int = 16
     lambda_init: float = 0.5
     positions: str = "absolute"
@@ -85,8 +88,8 @@ class TrainConfig:
     def lococo_config(self) -> dict:
         """The LoCoCoConfig fields this recipe sets."""
         fields = dict(mem_size=self.mem_size, segment_size=self.segment_size, hh_keep_rate=self.hh_keep_rate,
-                      kernel_size=self.kernel_size, buffer=self.buffer, lambda_init=self.lambda_init,
-                      positions=self.positions)
+                      kernel_size=self.kernel_size, bottleneck=self.bottleneck, separable=self.separable,
+                      buffer=self.buffer, lambda_init=self.lambda_init, positions=self.positions)
         return fields if self.score_mode is None else {**fields, "score_mode": self.score_mode}
 
     def validate(self, rows: torch.Tensor | None = None) -> None:
