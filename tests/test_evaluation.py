@@ -527,6 +527,7 @@ def test_decode_fidelity_is_one_without_compression_and_measures_decoding(tiny_l
         exact = decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=24, progress=False)
     assert exact["decode_ratio"] == pytest.approx(1.0, abs=1e-4) and exact["docs"] == 3
     assert exact["decode_ratio_low"] <= exact["decode_ratio"] <= exact["decode_ratio_high"]
+    assert exact["decode_tok_s"] > 0  # the one-at-a-time pass is timed
     with policy_caches(tiny_llama, "tova", 16, 32) as new_cache:
         compressed = decode_fidelity(tiny_llama, seqs, new_cache, 32, decode_tokens=24, progress=False)
     assert compressed["decode_ppl"] != pytest.approx(compressed["segment_ppl"], rel=1e-6)  # decoding compresses

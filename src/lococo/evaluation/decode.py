@@ -7,12 +7,14 @@ the scores of a single query. ``ratio = exp(decode_nll - segment_nll)`` per docu
 what segments keep), reported as a mean with a 95% bootstrap interval over documents. The same pass also
 gives each document's perplexity with the prefix and then the tail read in segments (``doc_nll``, ``ppl``
 with its interval): ``lococo eval ppl``'s figure up to where segment boundaries fall (it cuts the whole
-sequence from its end), so one read answers both questions.
+sequence from its end), so one read answers both questions. ``decode_tok_s``: tokens per second of the
+one-at-a-time pass (a forward per token with its compressions, no sampling).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,11 +49,14 @@ def decode_fidelity(
     if decode_tokens < 1 or any(s.shape[1] <= decode_tokens for s in sequences):
         raise ConfigError(f"decode_tokens must be >= 1 and shorter than every sequence, got {decode_tokens}")
     seg_nll, dec_nll, doc_nll = [], [], []
+    decode_seconds = 0.0
     for ids in tqdm(sequences, desc="documents", unit="doc", disable=not progress, leave=False):
         cache = new_cache()
         prefix = score_tokens(model, ids[:, :-decode_tokens], cache, segment_size)
         window = ids[:, -decode_tokens:]
+        start = time.perf_counter()
         decoded = score_tokens(model, window, cache.fork(), 1, prev_logits=prefix.last_logits)
+        decode_seconds += time.perf_counter() - start
         segment = score_tokens(model, window, cache, segment_size, prev_logits=prefix.last_logits)
         seg_nll.append(float(-segment.logprobs.double().mean()))
         dec_nll.append(float(-decoded.logprobs.double().mean()))
@@ -71,6 +76,7 @@ def decode_fidelity(
         "segment_ppl": math.exp(float(np.mean(seg_nll))),
         "decode_ppl": math.exp(float(np.mean(dec_nll))),
         "decode_tokens": decode_tokens,
+        "decode_tok_s": decode_tokens * len(sequences) / decode_seconds,  # one token per forward, as generate
         "docs": len(sequences),
         "doc_segment_nll": seg_nll,
         "doc_decode_nll": dec_nll,
