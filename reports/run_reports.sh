@@ -20,7 +20,7 @@
 #   bash reports/run_reports.sh positions-m512 # the three schemes at M = 512, 32K, 2 sequences       ~45 min
 #   bash reports/run_reports.sh positions-decode  # decode fidelity after 16K and 32K tokens, both schemes, 2 docs  ~50 min
 #   bash reports/run_reports.sh positions-decode-clamped  # the same, 'clamped', TOVA and LoCoCo        ~15 min
-#   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy at M = 128       ~30 min
+#   bash reports/run_reports.sh bench         # speed and memory up to 32K, every policy, M = 128 and 512  ~1 h
 #   bash reports/run_reports.sh all
 #
 # Every grid is resumable: rerun the same command after an interruption and finished cells are skipped.
@@ -29,8 +29,8 @@
 #   ppl      one 8K-token held-out sequence (the first essays of the held-out split) per cell, fp32
 #   passkey  2K, 4K and 8K tokens, depths 0.1 to 0.9, 10 keys per cell (Wilson intervals), M = 128, fp32
 #            (reports/passkey.json is still the older 2-key bf16 run until this one has been run)
-#   bench    4K, 16K and 32K tokens, M = 128, fp32, one fresh process per cell (the full cache and LoCoCo at
-#            M = 512 are in benchmarks/results/core_memory_speed.*)
+#   bench    4K, 16K and 32K tokens, M = 128 and 512, shipped heads, fp32 model, one fresh process per cell (the
+#            full cache is in benchmarks/results/core_memory_speed.*)
 #   passkey and bench leave out random and meanpool: floors that score ~2x the full cache's perplexity at
 #   8K, and cost what window costs.
 # Larger grids (more sequences, more lengths, 5 depths x 5 keys) are the same commands with more values.
@@ -167,6 +167,8 @@ if [[ "$WHAT" == all || "$WHAT" == positions-decode-clamped ]]; then
 fi
 
 if [[ "$WHAT" == all || "$WHAT" == bench ]]; then
+    # The shipped heads (what `lococo generate` reads with), in the dtype their config picks on this machine.
     lococo bench --length 4096 16384 32768 --policy window streaming h2o h2o-last tova snapkv lococo \
-        --mem-size 128 --segment-size 512 --decode-tokens 32 --threads "$THREADS" --output reports/bench.json
+        --mem-size 128 512 --heads shipped --segment-size 512 --decode-tokens 32 --threads "$THREADS" \
+        --output reports/bench.json
 fi
