@@ -8,8 +8,12 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
     python benchmarks/heads_overhead.py --mem-size 128 --head-dtype bfloat16 \
         --output benchmarks/results/heads_overhead_bf16.json
     python benchmarks/heads_overhead.py --heads shipped --output benchmarks/results/heads_overhead_shipped.json
-    python benchmarks/heads_overhead.py --bottleneck 32 --separable \
-        --output benchmarks/results/heads_overhead_cheap_conv.json   # cheaper conv architectures, fresh heads
+
+Cheaper conv architectures (fresh heads, every layer mixing; LoCoCoConfig.bottleneck / separable):
+
+    python benchmarks/heads_overhead.py --output benchmarks/results/heads_overhead_conv_full.json
+    python benchmarks/heads_overhead.py --bottleneck 32 --output benchmarks/results/heads_overhead_conv_bottleneck32.json
+    python benchmarks/heads_overhead.py --separable --output benchmarks/results/heads_overhead_conv_separable.json
 
 ``--heads fresh`` (default) times untrained heads of the default config; ``--heads shipped`` the heads shipped
 for the reference model (their own config: score mode, lambda per layer), cast to ``--head-dtype``:
