@@ -8,6 +8,8 @@ A profiled LoCoCo run splits its time into scores, compaction (of which the conv
     python benchmarks/heads_overhead.py --mem-size 128 --head-dtype bfloat16 \
         --output benchmarks/results/heads_overhead_bf16.json
     python benchmarks/heads_overhead.py --heads shipped --output benchmarks/results/heads_overhead_shipped.json
+    python benchmarks/heads_overhead.py --heads shipped \
+        --output benchmarks/results/heads_overhead_shipped_avx2.json   # on a CPU without native bf16
 
 Cheaper conv architectures (fresh heads, every layer mixing; LoCoCoConfig.bottleneck / separable):
 
