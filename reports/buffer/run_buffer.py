@@ -29,7 +29,7 @@ from lococo.evaluation.perplexity import eval_sequences
 from lococo.evaluation.stats import paired_difference
 
 HERE = Path(__file__).parent
-CELLS = [("tova", 128, 16), ("tova", 128, 64), ("tova", 176, 16), ("lococo", 128, 16), ("lococo", 128, 64)]
+CELLS = [("tova", 128, 16), ("tova", 128, 64), ("lococo", 128, 64), ("lococo", 128, 16), ("tova", 176, 16)]
 
 
 def new_cache_factory(model, policy: str, mem: int, buffer: int):
