@@ -14,25 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import lococo
-from lococo.generation import iter_segments
-
-
-def read(model, ids, cache, segment_size: int, device: str) -> tuple[list[float], torch.Tensor]:
-    times, logits = [], None
-    start = time.perf_counter()
-    for _, _, out in iter_segments(model, ids, cache, segment_size):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        times.append(now - start)
-        start, logits = now, out.logits[:, -1].float()
-    return times[2:], logits  # steady state: the memory is full
+from lococo.evaluation.bench import segment_times
 
 
 def main() -> None:
@@ -64,12 +51,12 @@ def main() -> None:
                     if args.device.startswith("cuda"):
                         torch.cuda.reset_peak_memory_stats()
                     cache = lococo.make_cache(model, policy, mem_size=mem, score_kernel=kernel, **kw)
-                    seg, logits = read(model, ids, cache, args.segment_size, args.device)
+                    seg, logits = segment_times(model, ids, cache, args.segment_size)
                     if repeat:
-                        times[kernel] += seg
+                        times[kernel] += seg[2:]  # steady state: the memory is full
                     if args.device.startswith("cuda"):
                         peaks[kernel] = torch.cuda.max_memory_allocated()
-                    ends[kernel] = (logits, [layer.keys.float() for layer in cache.compressed_layers])
+                    ends[kernel] = (logits.float(), [layer.keys.float() for layer in cache.compressed_layers])
             (l_blk, k_blk), (l_flex, k_flex) = ends["blockwise"], ends["flex"]
             record = {
                 "policy": policy, "mem_size": mem, "tokens": args.tokens, "device": args.device, "dtype": args.dtype,

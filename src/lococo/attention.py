@@ -112,6 +112,13 @@ def _accumulate(total: torch.Tensor, probs: torch.Tensor, query_valid: torch.Ten
     total[..., : probs.shape[-1]] += probs.detach().sum(dim=(2, 3))
 
 
+def last_queries(query: torch.Tensor, visible: torch.Tensor, query_valid: torch.Tensor | None, window: int):
+    """``query``, ``visible`` and ``query_valid`` cut to the last ``window`` queries (all of them for 0)."""
+    if not window:
+        return query, visible, query_valid
+    return query[:, :, -window:], visible[:, -window:], None if query_valid is None else query_valid[:, -window:]
+
+
 def column_scores(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -130,9 +137,7 @@ def column_scores(
     ``window`` queries (SnapKV's observation window, TOVA's latest query). ``softcap``, ``sinks`` and
     ``causal`` (skip the keys after the queries): as :func:`_probability_blocks`.
     """
-    if window:
-        query, visible = query[:, :, -window:], visible[:, -window:]
-        query_valid = None if query_valid is None else query_valid[:, -window:]
+    query, visible, query_valid = last_queries(query, visible, query_valid, window)
     total = torch.zeros(key.shape[:3], dtype=torch.float32, device=key.device)
     with torch.no_grad():
         for start, stop, probs in _probability_blocks(query, key, scaling, visible, softcap, sinks, causal):

@@ -31,10 +31,10 @@ from .positions import (
 )
 
 _SUMMED = ("accumulated", "recent")
+"""Score modes summed over forwards (scores are asked of every forward, not only before a compression)."""
 SCORE_KERNELS = ("blockwise", "flex")
 """How attention scores are computed: blocks of probabilities (:mod:`lococo.attention`, the default) or two
 ``flex_attention`` passes that never hold them (:mod:`lococo.flex_scores`, the GPU path)."""
-"""Score modes summed over forwards (scores are asked of every forward, not only before a compression)."""
 
 
 class CompressedLayer(CacheLayerMixin):
@@ -299,13 +299,12 @@ class CompressedCache(Cache):
             if kind == "full_attention":
                 layer_policy = policy.for_layer(i)
                 distance = clamp_distance(model, layer_policy) if scheme == "clamped" else None
-                layers.append(CompressedLayer(layer_policy, rotation, distance))
+                layer = CompressedLayer(layer_policy, rotation, distance)
+                layer.score_kernel = score_kernel
+                layers.append(layer)
             else:
                 kwargs = layout.layer_kwargs[i] if layout.layer_kwargs else {}
                 layers.append(_transformers_layer(kind, kwargs, layout.windows[i] if layout.windows else None))
-        for layer in layers:
-            if isinstance(layer, CompressedLayer):
-                layer.score_kernel = score_kernel
         super().__init__(layers=layers)
         self.policy = policy
         self.position_scheme = scheme  # "absolute", "reindexed" or "clamped" (lococo.positions)

@@ -22,6 +22,8 @@ import functools
 
 import torch
 
+from .attention import last_queries
+
 
 @functools.cache
 def _flex(compiled: bool):
@@ -82,9 +84,7 @@ def flex_attention_with_scores(query, key, value, scaling, visible, query_valid,
 
 def flex_column_scores(query, key, scaling, visible, query_valid, window=0, softcap=None) -> torch.Tensor:
     """Column scores ``[b, KV, L]`` as :func:`lococo.attention.column_scores` (``window``: the last queries only)."""
-    if window:
-        query, visible = query[:, :, -window:], visible[:, -window:]
-        query_valid = None if query_valid is None else query_valid[:, -window:]
+    query, visible, query_valid = last_queries(query, visible, query_valid, window)
     with torch.no_grad():
         _, scores = flex_attention_with_scores(query, key, key, scaling, visible, query_valid, softcap)  # output unused
     return scores

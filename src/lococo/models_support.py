@@ -89,12 +89,17 @@ LEVELS = ("cache", "window", "compression", "scores")
 """What a policy asks of a model, each level needing more than the one before (module docstring)."""
 
 
-
-def cpu_lacks_native(dtype: torch.dtype) -> bool:
-    """True when this CPU has no native kernels for ``dtype`` (bf16: AVX512-BF16/AMX; fp16: AVX512-FP16/AMX)."""
+def _cpu_native(dtype: torch.dtype) -> bool | None:
+    """Whether this CPU has native kernels for ``dtype`` (bf16: AVX512-BF16/AMX; fp16: AVX512-FP16/AMX); None
+    when this torch cannot tell."""
     probe = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}.get(dtype)
     check = getattr(torch.ops.mkldnn, probe, None) if probe else None
-    return check is not None and not check()
+    return None if check is None else bool(check())
+
+
+def cpu_lacks_native(dtype: torch.dtype) -> bool:
+    """True when this CPU is known to have no native kernels for ``dtype`` (:func:`_cpu_native`)."""
+    return _cpu_native(dtype) is False
 
 
 def has_native_bf16(device: torch.device | str) -> bool:
@@ -103,10 +108,7 @@ def has_native_bf16(device: torch.device | str) -> bool:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return probe is not None and bool(probe())
-    return False
+    return device.type == "cpu" and bool(_cpu_native(torch.bfloat16))
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ def segment_times(model, ids, cache, segment_size: int) -> tuple[list[float], to
     t0 = time.perf_counter()
     for _, _, out in iter_segments(model, ids, cache, segment_size, logits_to_keep=1):
         logits = out.logits[:, -1]
+        if logits.is_cuda:
+            torch.cuda.synchronize()  # kernels run asynchronously: time them, not their launch
         times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
     return times, logits
